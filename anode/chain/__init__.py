@@ -1,0 +1,1 @@
+"""Clients for the chain's node and for a bundler."""

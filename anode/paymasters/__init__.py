@@ -1,0 +1,1 @@
+"""Paymaster contract families: byte layouts and ``getHash`` for each contract aNode signs for."""

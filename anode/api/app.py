@@ -1,0 +1,84 @@
+"""The HTTP application: JSON-RPC at ``/api/v1/rpc`` and ``/``, REST under ``/api/v1``, docs at ``/docs``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
+
+from anode.api import errors
+from anode.api.jsonrpc.context import CallContext
+from anode.api.jsonrpc.dispatch import dispatch
+from anode.api.rest import health, operations, paymaster
+from anode.errors import AnodeError, Unauthorized
+from anode.wiring import Anode
+
+_RPC_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "description": "A JSON-RPC 2.0 call or a batch (array) of calls."},
+                "example": {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "pm_getPaymasterStubData",
+                    "params": [
+                        {"sender": "0x…", "nonce": "0x0", "callData": "0x"},
+                        "0x0000000071727De22E5E9d8BAf0edAc6f37da032",
+                        "0x7a69",
+                        {},
+                    ],
+                },
+            }
+        },
+    }
+}
+
+
+def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await anode.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await anode.aclose()
+
+    app = FastAPI(
+        title="aNode",
+        version="0.1.0",
+        summary="An open ERC-4337 paymaster: ERC-7677, pm_sponsorUserOperation and REST.",
+        lifespan=lifespan,
+    )
+    app.state.anode = anode
+    sponsor = anode.settings.sponsorship
+
+    async def rpc(request: Request) -> Response:
+        try:
+            api_key_id = anode.api_keys.authenticate(request)
+        except Unauthorized as exc:
+            body = {"jsonrpc": "2.0", "id": None, "error": errors.rpc_error(exc)}
+            return errors.json_response(body, 401)
+        ctx = CallContext(anode.service, api_key_id, sponsor.sponsor_name, sponsor.sponsor_icon)
+        answer = await dispatch(await request.body(), ctx)
+        if answer is None:
+            return Response(status_code=204)
+        return Response(answer, media_type="application/json")
+
+    for path in ("/api/v1/rpc", "/"):
+        app.add_api_route(
+            path, rpc, methods=["POST"], tags=["json-rpc"], summary="JSON-RPC 2.0 endpoint", openapi_extra=_RPC_DOC
+        )
+    app.include_router(paymaster.router)
+    app.include_router(operations.router)
+    app.include_router(health.router)
+    app.add_exception_handler(AnodeError, errors.anode_error_handler)
+    app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
+    app.add_exception_handler(Exception, errors.unexpected_error_handler)
+    return app

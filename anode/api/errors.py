@@ -1,0 +1,60 @@
+"""The one place where errors become wire responses (JSON-RPC error objects, HTTP bodies)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
+
+from anode.errors import AnodeError
+
+log = logging.getLogger("anode.api")
+
+INTERNAL_ERROR = {"code": -32603, "message": "internal error: the server logged the cause"}
+
+
+def rpc_error(exc: BaseException) -> dict[str, Any]:
+    """JSON-RPC ``error`` member for any exception; unexpected ones are logged, not leaked."""
+    if isinstance(exc, AnodeError):
+        error: dict[str, Any] = {"code": exc.rpc_code, "message": exc.message}
+        data = {"anodeCode": exc.code}
+        if exc.data:
+            data.update(exc.data)
+        error["data"] = data
+        return error
+    log.exception("unexpected error while serving a request", exc_info=exc)
+    return dict(INTERNAL_ERROR)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def http_error(exc: AnodeError) -> Response:
+    body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
+    if exc.data:
+        body["error"]["details"] = exc.data
+    return json_response(body, exc.http_status)
+
+
+async def anode_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AnodeError)
+    return http_error(exc)
+
+
+async def validation_error_handler(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    message = f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
+    details = {"field": where, "errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]}
+    return json_response({"error": {"code": "ANODE_INVALID_PARAMS", "message": message, "details": details}}, 400)
+
+
+async def unexpected_error_handler(_request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error while serving a request", exc_info=exc)
+    return json_response({"error": {"code": "ANODE_INTERNAL", "message": INTERNAL_ERROR["message"]}}, 500)

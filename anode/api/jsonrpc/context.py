@@ -1,0 +1,15 @@
+"""What a JSON-RPC method handler receives besides its params."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anode.pipeline.sponsor import SponsorshipService
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    service: SponsorshipService
+    api_key_id: str | None
+    sponsor_name: str
+    sponsor_icon: str | None

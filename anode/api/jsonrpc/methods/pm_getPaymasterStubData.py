@@ -1,0 +1,21 @@
+"""ERC-7677 ``pm_getPaymasterStubData [userOp, entryPoint, chainId, context]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anode.api.jsonrpc.context import CallContext
+from anode.api.jsonrpc.params import CHAIN_ID, CONTEXT, ENTRY_POINT, USER_OP, bind
+from anode.api.jsonrpc.results import paymaster_fields, sponsor_info
+from anode.pipeline.sponsor import SponsorRequest
+
+NAME = "pm_getPaymasterStubData"
+PARAMS = (USER_OP, ENTRY_POINT, CHAIN_ID, CONTEXT)
+
+
+async def handle(params: Any, ctx: CallContext) -> dict[str, Any]:
+    p = bind(NAME, params, PARAMS)
+    result = ctx.service.stub(
+        SponsorRequest(p["userOp"], p["entryPoint"], p["chainId"], p["context"], NAME, ctx.api_key_id)
+    )
+    return {**paymaster_fields(result), "sponsor": sponsor_info(ctx.sponsor_name, ctx.sponsor_icon), "isFinal": False}

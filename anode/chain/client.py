@@ -1,0 +1,74 @@
+"""A small async JSON-RPC client for the node: the few reads aNode needs, with clear errors."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+import orjson
+
+from anode.errors import ChainUnavailable, ServiceUnavailable, UpstreamRejected
+from anode.userop.codec import parse_bytes, parse_quantity
+
+_BALANCE_OF = bytes.fromhex("70a08231")  # balanceOf(address): EntryPoint deposits
+_SENDER_NONCE = bytes.fromhex("9c90b443")  # senderNonce(address): VerifyingPaymaster v0.6
+
+
+class JsonRpcClient:
+    """JSON-RPC 2.0 over HTTP with a pooled connection; transport failures become ``unavailable``."""
+
+    unavailable: type[ServiceUnavailable] = ChainUnavailable
+    label = "node"
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = url
+        self._http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=32))
+        self._ids = itertools.count(1)
+
+    async def request(self, method: str, params: list[Any]) -> Any:
+        body = orjson.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+        try:
+            response = await self._http.post(self.url, content=body, headers={"content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise self.unavailable(f"{self.label} at {self.url} is unreachable ({type(exc).__name__})") from None
+        try:
+            payload = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise self.unavailable(
+                f"{self.label} at {self.url} answered HTTP {response.status_code} without JSON"
+            ) from None
+        if not isinstance(payload, dict):
+            raise self.unavailable(f"{self.label} at {self.url} answered with a malformed JSON-RPC reply")
+        error = payload.get("error")
+        if error is not None:
+            message = error.get("message", "error") if isinstance(error, dict) else str(error)
+            data = error if isinstance(error, dict) else {"error": error}
+            raise UpstreamRejected(f"{self.label} refused {method}: {message}", data=data)
+        return payload.get("result")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class ChainClient(JsonRpcClient):
+    """Reads from the chain's node."""
+
+    async def chain_id(self) -> int:
+        return parse_quantity(await self.request("eth_chainId", []))
+
+    async def call(self, to: bytes, data: bytes) -> bytes:
+        result = await self.request("eth_call", [{"to": "0x" + to.hex(), "data": "0x" + data.hex()}, "latest"])
+        return parse_bytes(result)
+
+    async def _uint_of(self, contract: bytes, selector: bytes, account: bytes) -> int:
+        raw = await self.call(contract, selector + b"\x00" * 12 + account)
+        if len(raw) < 32:
+            raise ChainUnavailable(f"contract 0x{contract.hex()} returned no value: is it deployed on this chain?")
+        return int.from_bytes(raw[:32], "big")
+
+    async def deposit_of(self, entry_point: bytes, account: bytes) -> int:
+        return await self._uint_of(entry_point, _BALANCE_OF, account)
+
+    async def sender_nonce(self, paymaster: bytes, sender: bytes) -> int:
+        return await self._uint_of(paymaster, _SENDER_NONCE, sender)

@@ -1,0 +1,117 @@
+"""The ``anode`` command: ``serve``, ``sandbox``, ``ops list``, ``db upgrade``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from anode.config import Settings, load_settings
+from anode.errors import AnodeError, ConfigError
+
+
+def serve_settings(settings: Settings, host: str | None, port: int | None) -> None:
+    import uvicorn
+
+    from anode.api.app import create_app
+    from anode.wiring import build
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(build(settings))
+    uvicorn.run(
+        app,
+        host=host or settings.server.host,
+        port=settings.server.port if port is None else port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config) if args.config else None)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    if not args.config and not any(name.startswith("ANODE_") for name in __import__("os").environ):
+        raise ConfigError("pass --config FILE (see config.example.yaml), or run `anode sandbox` for a local sandbox")
+    serve_settings(_settings(args), args.host, args.port)
+
+
+def _sandbox(args: argparse.Namespace) -> None:
+    from anode.sandbox import run_sandbox
+
+    run_sandbox(Path(args.workdir), args.host, args.port, args.anvil_port)
+
+
+def _ops_list(args: argparse.Namespace) -> None:
+    from anode.store.database import create_engine
+    from anode.store.ledger import SqlLedger
+
+    settings = _settings(args)
+    ledger = SqlLedger(create_engine(settings.database_url))
+    since = datetime.fromisoformat(args.since) if args.since else None
+    rows = ledger.find_now(sender=args.sender, since=since, limit=args.limit)
+    print(f"{'time':32} {'sender':42} {'nonce':>8} {'max cost (wei)':>22} userOpHash")
+    for row in rows:
+        cost = row["max_gas_cost_wei"]
+        print(f"{row['created_at']:32} {row['sender']:42} {hex(row['nonce']):>8} {cost:>22} {row['user_op_hash']}")
+    print(f"{len(rows)} operation(s)")
+
+
+def _db_upgrade(args: argparse.Namespace) -> None:
+    from anode.store.database import create_engine, upgrade
+
+    upgrade(create_engine(_settings(args).database_url))
+    print("database schema is up to date")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="anode", description="aNode, an open ERC-4337 paymaster server")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the paymaster server")
+    serve.add_argument("--config", help="YAML config file (ANODE_* environment variables override it)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=_serve)
+
+    sandbox = commands.add_parser("sandbox", help="local chain with all contracts, and aNode serving on it")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8080)
+    sandbox.add_argument("--anvil-port", type=int, default=8545)
+    sandbox.add_argument("--workdir", default=".anode", help="where the dev key, config and database live")
+    sandbox.set_defaults(run=_sandbox)
+
+    ops = commands.add_parser("ops", help="the sponsorship ledger").add_subparsers(dest="ops", required=True)
+    ops_list = ops.add_parser("list", help="list recorded sponsorships, newest first")
+    ops_list.add_argument("--config")
+    ops_list.add_argument("--sender")
+    ops_list.add_argument("--since", help="ISO-8601 time")
+    ops_list.add_argument("--limit", type=int, default=50)
+    ops_list.set_defaults(run=_ops_list)
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
+    db_upgrade = db.add_parser("upgrade", help="apply migrations (serve does this at start-up too)")
+    db_upgrade.add_argument("--config")
+    db_upgrade.set_defaults(run=_db_upgrade)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except AnodeError as exc:
+        print(f"anode: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Typed settings: a YAML file, then ``ANODE_…`` environment overrides, validated at start-up.
+
+Environment keys map onto the YAML tree with ``__`` for nesting and list indexes as numbers:
+``ANODE_SIGNER__PRIVATE_KEY``, ``ANODE_CHAINS__0__RPC_URL``. A value that starts with ``[`` or
+``{`` is read as YAML (``ANODE_AUTH__API_KEYS='["k1","k2"]'``); anything else stays a string and
+is converted by the field's type. Secrets are ``SecretStr``: they never print.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from anode.errors import ConfigError
+from anode.userop.codec import parse_address
+
+ENV_PREFIX = "ANODE_"
+MAX_VALIDITY_SECONDS = 86_400
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _address(value: str) -> str:
+    parse_address(value)
+    return value
+
+
+class SignerSettings(_Section):
+    type: Literal["local", "keystore"] = "local"
+    private_key: SecretStr | None = None
+    keystore_path: Path | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SignerSettings:
+        if self.type == "local" and self.private_key is None:
+            raise ValueError("signer.type local needs signer.private_key (or ANODE_SIGNER__PRIVATE_KEY)")
+        if self.type == "keystore":
+            if self.keystore_path is None:
+                raise ValueError("signer.type keystore needs signer.keystore_path")
+            if self.password is None and self.password_env is None and self.password_file is None:
+                raise ValueError("signer.type keystore needs password, password_env or password_file")
+        return self
+
+
+class PaymasterSettings(_Section):
+    entry_point: str
+    address: str
+    contract: Literal["verifying", "singleton"]
+    #: needed only for an EntryPoint that is not at its canonical address
+    entry_point_version: Literal["v0.6", "v0.7", "v0.8"] | None = None
+    verification_gas_limit: int = Field(100_000, ge=0, lt=1 << 128)
+    post_op_gas_limit: int = Field(0, ge=0, lt=1 << 128)
+
+    _check_addresses = field_validator("entry_point", "address")(_address)
+
+
+class ChainSettings(_Section):
+    chain_id: int = Field(gt=0)
+    rpc_url: str
+    bundler_url: str | None = None
+    paymasters: list[PaymasterSettings] = Field(min_length=1)
+
+
+class AuthSettings(_Section):
+    api_keys: list[SecretStr] = Field(default_factory=list)
+
+
+class SponsorshipSettings(_Section):
+    valid_for_seconds: int = Field(600, ge=1, le=MAX_VALIDITY_SECONDS)
+    #: validAfter is set this far in the past, so chains whose clock lags still accept the op
+    valid_after_slack_seconds: int = Field(60, ge=0, le=3600)
+    sponsor_name: str = "aNode"
+    sponsor_icon: str | None = None
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, lt=65536)
+
+
+class Settings(_Section):
+    environment: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///anode.db"
+    signer: SignerSettings
+    chains: list[ChainSettings] = Field(min_length=1)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    sponsorship: SponsorshipSettings = Field(default_factory=SponsorshipSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _unique_chains(self) -> Settings:
+        ids = [chain.chain_id for chain in self.chains]
+        if len(ids) != len(set(ids)):
+            raise ValueError("chains: each chain_id may appear once")
+        return self
+
+
+def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    node: Any = tree
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        key: Any = int(part) if part.isdigit() else part
+        if isinstance(node, list):
+            if not isinstance(key, int):
+                raise ConfigError(f"environment override: {part!r} must be a list index")
+            while len(node) <= key:
+                node.append({})
+            if last:
+                node[key] = value
+            else:
+                node = node[key]
+            continue
+        if last:
+            node[key] = value
+        else:
+            if not isinstance(node.get(key), dict | list):
+                node[key] = [] if parts[index + 1].isdigit() else {}
+            node = node[key]
+
+
+def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in ("ANODE_CONFIG",):
+            continue
+        raw = environ[name]
+        value: Any = yaml.safe_load(raw) if raw[:1] in "[{" and raw else raw
+        _set_path(tree, name[len(ENV_PREFIX) :].lower().split("__"), value)
+    return tree
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (YAML), apply environment overrides and validate; ``ConfigError`` on problems."""
+    env = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        tree = loaded or {}
+    apply_env_overrides(tree, env)
+    return validate_settings(tree)
+
+
+def validate_settings(tree: dict[str, Any]) -> Settings:
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            lines.append(f"  {where}: {error['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

@@ -1,0 +1,69 @@
+"""Pimlico ``SingletonPaymaster`` V6 / V7 / V8, verifying mode.
+
+Layout after the paymaster address (V7/V8: after the two 16-byte gas limits as well)::
+
+    mode << 1 | allowAllBundlers   1 byte   (verifying mode = 0; aNode sets allowAllBundlers)
+    validUntil                     6 bytes
+    validAfter                     6 bytes
+    signature                      65 bytes
+
+``getHash(mode, userOp)`` hashes the operation with every paymaster byte but the signature, then
+binds the chain id; V8 additionally binds the EIP-7702 initCode override (zero for ordinary
+accounts). The contract accepts any address in its ``signers`` set.
+"""
+
+from __future__ import annotations
+
+from anode.paymasters.base import PaymasterFamily, ValidityWindow
+from anode.userop.hashing import address_word, keccak, packed_paymaster_and_data, word
+from anode.userop.models import UserOperation, UserOperationV06
+from anode.userop.versions import EntryPointVersion
+
+VERIFYING_MODE = 0
+_ALLOW_ALL_BUNDLERS = 1
+_CONFIG_LENGTH = 1 + 6 + 6
+_ZERO_WORD = b"\x00" * 32
+
+
+class SingletonPaymaster(PaymasterFamily):
+    name = "singleton"
+    versions = frozenset({EntryPointVersion.V06, EntryPointVersion.V07, EntryPointVersion.V08})
+
+    def encode(self, window: ValidityWindow, signature: bytes) -> bytes:
+        return (
+            bytes([VERIFYING_MODE << 1 | _ALLOW_ALL_BUNDLERS])
+            + window.valid_until.to_bytes(6, "big")
+            + window.valid_after.to_bytes(6, "big")
+            + signature
+        )
+
+    def digest(self, op: UserOperation, window: ValidityWindow, chain_id: int, sender_nonce: int) -> bytes:
+        if isinstance(op, UserOperationV06):
+            inner = keccak(
+                address_word(op.sender)
+                + word(op.nonce)
+                + word(op.call_gas_limit)
+                + word(op.verification_gas_limit)
+                + word(op.pre_verification_gas)
+                + word(op.max_fee_per_gas)
+                + word(op.max_priority_fee_per_gas)
+                + keccak(op.call_data)
+                + keccak(op.init_code)
+                + keccak(op.paymaster_and_data[: 20 + _CONFIG_LENGTH])
+            )
+            return keccak(inner + word(chain_id))
+        pnd = packed_paymaster_and_data(op)
+        inner = keccak(
+            address_word(op.sender)
+            + word(op.nonce)
+            + op.account_gas_limits
+            + word(op.pre_verification_gas)
+            + op.gas_fees
+            + keccak(op.init_code)
+            + keccak(op.call_data)
+            + keccak(pnd[: 52 + _CONFIG_LENGTH])
+        )
+        hashed = keccak(inner + word(chain_id))
+        if self.version is EntryPointVersion.V08:
+            return keccak(hashed + _ZERO_WORD)
+        return hashed

@@ -1,0 +1,164 @@
+"""The sponsorship service: from a parsed request to paymaster data that is signed and recorded.
+
+    resolve route → parse userOp → window → [stub: dummy signature]
+                                          → [final: getHash → sign → record → answer]
+
+Only this module decides what a signature covers; the API layer turns its results into wire
+shapes, the paymaster family knows byte layouts, the signer holds the key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from anode.config import SponsorshipSettings
+from anode.errors import BundlerUnavailable, InvalidRequest
+from anode.paymasters.base import ValidityWindow, dummy_signature, eip191_digest
+from anode.pipeline.routes import Route, RouteTable
+from anode.signers.base import Signer
+from anode.store.ledger import Ledger, SponsorshipRecord
+from anode.userop.codec import checksum, to_hex
+from anode.userop.hashing import user_op_hash
+from anode.userop.models import UserOperation, UserOperationV06, UserOperationV07, parse_user_op
+
+
+@dataclass(frozen=True, slots=True)
+class SponsorRequest:
+    user_op: Any
+    entry_point: Any
+    chain_id: Any | None
+    context: Any | None
+    method: str
+    api_key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sponsored:
+    """Paymaster fields for an operation, stub or signed."""
+
+    route: Route
+    op: UserOperation
+    window: ValidityWindow
+    user_op_hash: bytes | None
+
+    @property
+    def paymaster_data(self) -> bytes:
+        op = self.op
+        return op.paymaster_and_data[20:] if isinstance(op, UserOperationV06) else op.paymaster_data
+
+
+class SponsorshipService:
+    def __init__(
+        self,
+        routes: RouteTable,
+        signer: Signer,
+        ledger: Ledger,
+        settings: SponsorshipSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.routes = routes
+        self.signer = signer
+        self.ledger = ledger
+        self.settings = settings
+        self._clock = clock
+
+    def _window(self, context: Any | None) -> ValidityWindow:
+        seconds = self.settings.valid_for_seconds
+        if isinstance(context, dict) and context.get("validForSeconds") is not None:
+            asked = context["validForSeconds"]
+            if isinstance(asked, bool) or not isinstance(asked, int) or not 1 <= asked <= seconds:
+                raise InvalidRequest(
+                    f"context.validForSeconds must be a whole number from 1 to {seconds}",
+                    field="context.validForSeconds",
+                )
+            seconds = asked
+        now = int(self._clock())
+        return ValidityWindow(
+            valid_until=now + seconds, valid_after=max(0, now - self.settings.valid_after_slack_seconds)
+        )
+
+    def _prepare(self, request: SponsorRequest) -> tuple[Route, UserOperation, ValidityWindow]:
+        if request.context is not None and not isinstance(request.context, dict):
+            raise InvalidRequest("context must be a JSON object or null", field="context")
+        chain_id = request.chain_id
+        if chain_id is None and isinstance(request.context, dict):
+            chain_id = request.context.get("chainId")
+        route = self.routes.resolve(request.entry_point, chain_id)
+        op = parse_user_op(request.user_op, route.version)
+        route.paymaster.check(op)
+        return route, op, self._window(request.context)
+
+    def stub(self, request: SponsorRequest) -> Sponsored:
+        """Stub paymaster data: final length, a dummy signature, the same checks as the real call."""
+        route, op, window = self._prepare(request)
+        family = route.paymaster
+        stubbed = family.attach(op, family.encode(window, dummy_signature()))
+        return Sponsored(route=route, op=stubbed, window=window, user_op_hash=None)
+
+    async def sign(self, request: SponsorRequest) -> Sponsored:
+        """Signed paymaster data, recorded in the ledger before it is returned."""
+        route, op, window = self._prepare(request)
+        op.require_gas_fields(request.user_op)
+        return await self._sign(route, op, window, request)
+
+    async def estimate_and_sign(self, request: SponsorRequest) -> Sponsored:
+        """``pm_sponsorUserOperation``: estimate gas through the bundler with stub data, then sign."""
+        route, op, window = self._prepare(request)
+        if route.bundler is None:
+            raise BundlerUnavailable(
+                f"no bundler_url is configured for chain {route.chain_id}: pm_sponsorUserOperation "
+                "estimates gas through a bundler; use pm_getPaymasterStubData/pm_getPaymasterData instead"
+            )
+        family = route.paymaster
+        stubbed = family.attach(op, family.encode(window, dummy_signature()))
+        if not stubbed.signature:
+            stubbed = stubbed.model_copy(update={"signature": dummy_signature()})
+        estimate = await route.bundler.estimate_user_operation_gas(
+            stubbed.model_dump(by_alias=True, exclude_none=True), route.entry_point_hex
+        )
+        update: dict[str, int] = {
+            "call_gas_limit": estimate.get("callGasLimit", op.call_gas_limit),
+            "verification_gas_limit": estimate.get("verificationGasLimit", op.verification_gas_limit),
+            "pre_verification_gas": estimate.get("preVerificationGas", op.pre_verification_gas),
+        }
+        if isinstance(op, UserOperationV07):
+            if "paymasterVerificationGasLimit" in estimate:
+                update["paymaster_verification_gas_limit"] = estimate["paymasterVerificationGasLimit"]
+            if "paymasterPostOpGasLimit" in estimate:
+                update["paymaster_post_op_gas_limit"] = estimate["paymasterPostOpGasLimit"]
+        return await self._sign(route, op.model_copy(update=update), window, request)
+
+    async def _sign(
+        self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest
+    ) -> Sponsored:
+        family = route.paymaster
+        placeholder = family.attach(op, family.encode(window, dummy_signature()))
+        sender_nonce = 0
+        if family.needs_sender_nonce:
+            sender_nonce = await route.chain.sender_nonce(family.address, op.sender)
+        digest = family.digest(placeholder, window, route.chain_id, sender_nonce)
+        signed = await self.signer.unsafe_sign_hash(eip191_digest(digest))
+        final = family.attach(op, family.encode(window, signed.signature))
+        op_hash = user_op_hash(final, route.version, route.entry_point, route.chain_id)
+        await self.ledger.record(
+            SponsorshipRecord(
+                created_at=datetime.now(UTC),
+                user_op_hash=to_hex(op_hash),
+                chain_id=route.chain_id,
+                entry_point=route.entry_point_hex,
+                paymaster=checksum(family.address),
+                sender=checksum(final.sender),
+                nonce=final.nonce,
+                max_gas_cost_wei=final.max_gas_cost(),
+                valid_until=window.valid_until,
+                valid_after=window.valid_after,
+                signer=signed.signer,
+                api_key_id=request.api_key_id,
+                method=request.method,
+            )
+        )
+        return Sponsored(route=route, op=final, window=window, user_op_hash=op_hash)

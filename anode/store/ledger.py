@@ -1,0 +1,143 @@
+"""The sponsorship ledger: every paymaster signature is written here before it leaves.
+
+``SqlLedger.record`` returns only once the row is committed. Concurrent requests share commits
+(group commit): while one batch is being written, the next accumulates, so a busy server pays one
+transaction per batch instead of one per request. A failed write fails every request in the batch
+with ``StoreUnavailable``: nothing is signed that is not on the books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+from anode.errors import StoreUnavailable
+from anode.store.tables import sponsorships
+
+MAX_BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class SponsorshipRecord:
+    created_at: datetime
+    user_op_hash: str
+    chain_id: int
+    entry_point: str
+    paymaster: str
+    sender: str
+    nonce: int
+    max_gas_cost_wei: int
+    valid_until: int
+    valid_after: int
+    signer: str
+    api_key_id: str | None
+    method: str
+
+
+class Ledger(Protocol):
+    async def record(self, entry: SponsorshipRecord) -> None: ...
+
+    async def find(
+        self,
+        *,
+        sender: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SqlLedger:
+    """Ledger on any SQLAlchemy engine (SQLite, PostgreSQL), written from one worker thread."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anode-ledger")
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def record(self, entry: SponsorshipRecord) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((asdict(entry), done))
+        if not self._flushing:
+            self._flushing = True
+            self._flusher = loop.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    await loop.run_in_executor(self._writer, self._insert, [row for row, _ in batch])
+                except Exception as exc:  # any driver error: refuse, never sign off the books
+                    error = StoreUnavailable(
+                        f"the sponsorship ledger could not be written ({type(exc).__name__}); nothing was signed"
+                    )
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(error)
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._flushing = False
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(sponsorships.insert(), rows)
+
+    async def find(
+        self,
+        *,
+        sender: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.find_now, sender, since, until, limit)
+
+    def find_now(
+        self,
+        sender: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        query = sa.select(sponsorships).order_by(sponsorships.c.id.desc()).limit(limit)
+        if sender is not None:
+            query = query.where(sponsorships.c.sender == sender)
+        if since is not None:
+            query = query.where(sponsorships.c.created_at >= since)
+        if until is not None:
+            query = query.where(sponsorships.c.created_at < until)
+        try:
+            with self._engine.connect() as connection:
+                rows = connection.execute(query).mappings().all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(f"the sponsorship ledger could not be read ({type(exc).__name__})") from None
+        return [_public(dict(row)) for row in rows]
+
+    async def aclose(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._engine.dispose()
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    created = row["created_at"]
+    if created.tzinfo is None:  # SQLite returns naive datetimes; they were written in UTC
+        created = created.replace(tzinfo=UTC)
+    row["created_at"] = created.isoformat()
+    return row

@@ -1,0 +1,57 @@
+"""The database schema, as SQLAlchemy Core tables. Alembic migrations create and upgrade it."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+
+class Uint256(sa.types.TypeDecorator[int]):
+    """An unsigned 256-bit integer: ``NUMERIC(78, 0)`` where exact, decimal text on SQLite.
+
+    SQLite's NUMERIC affinity would turn values past 2**63 into floats; text keeps them exact.
+    """
+
+    impl = sa.Numeric(78, 0)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(78))
+        return dialect.type_descriptor(sa.Numeric(78, 0))
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return str(value) if dialect.name == "sqlite" else Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+sponsorships = sa.Table(
+    "sponsorships",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("user_op_hash", sa.String(66), nullable=False),
+    sa.Column("chain_id", sa.BigInteger(), nullable=False),
+    sa.Column("entry_point", sa.String(42), nullable=False),
+    sa.Column("paymaster", sa.String(42), nullable=False),
+    sa.Column("sender", sa.String(42), nullable=False),
+    sa.Column("nonce", Uint256(), nullable=False),
+    sa.Column("max_gas_cost_wei", Uint256(), nullable=False),
+    sa.Column("valid_until", sa.BigInteger(), nullable=False),
+    sa.Column("valid_after", sa.BigInteger(), nullable=False),
+    sa.Column("signer", sa.String(42), nullable=False),
+    sa.Column("api_key_id", sa.String(32), nullable=True),
+    sa.Column("method", sa.String(64), nullable=False),
+    sa.Index("ix_sponsorships_sender_created", "sender", "created_at"),
+    sa.Index("ix_sponsorships_created", "created_at"),
+    sa.Index("ix_sponsorships_user_op_hash", "user_op_hash"),
+)
