@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from anode.api.auth import ApiKeys
 from anode.chain.bundler import BundlerClient
@@ -13,6 +13,7 @@ from anode.config import Settings, SignerSettings
 from anode.errors import ConfigError
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.routes import Route, RouteTable, build_family, entry_point_version
+from anode.pipeline.selfcheck import verified_family
 from anode.pipeline.sponsor import SponsorshipService
 from anode.signers.base import Signer
 from anode.signers.local import KeystoreSigner, LocalKeySigner
@@ -65,6 +66,10 @@ class Anode:
             if reported != route.chain_id:
                 raise ConfigError(f"chain {route.chain_id}: the node at {route.chain.url} reports chain id {reported}")
             checked.add(route.chain_id)
+        for route in list(self.routes):
+            family = await verified_family(route)
+            if family is not route.paymaster:
+                self.routes.replace(replace(route, paymaster=family))
         if self.api_keys.open:
             log.warning(
                 "NO API KEYS CONFIGURED: anyone who can reach this server can spend the paymaster deposit "

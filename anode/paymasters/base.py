@@ -63,6 +63,14 @@ class PaymasterFamily(ABC):
     def digest(self, op: UserOperation, window: ValidityWindow, chain_id: int, sender_nonce: int) -> bytes:
         """The contract's ``getHash`` for ``op`` as it will be submitted (paymaster fields set)."""
 
+    @abstractmethod
+    def get_hash_call(self, op: UserOperation, window: ValidityWindow) -> bytes:
+        """Calldata for the contract's own ``getHash`` on ``op`` (start-up self-check; not a hot path)."""
+
+    def alternatives(self) -> list[PaymasterFamily]:
+        """Other hash variants deployed contracts of this family are known to use."""
+        return []
+
     def attach(self, op: UserOperation, paymaster_data: bytes) -> UserOperation:
         """``op`` carrying this paymaster and ``paymaster_data``, as the wallet will submit it."""
         if isinstance(op, UserOperationV06):
@@ -85,6 +93,33 @@ class PaymasterFamily(ABC):
 
 
 _EIP7702 = bytes.fromhex("7702") + b"\x00" * 18
+
+
+def user_op_abi(op: UserOperation) -> tuple[str, tuple[object, ...]]:
+    """The ABI type and value of ``op`` as contracts take it (v0.6 struct or PackedUserOperation)."""
+    from anode.userop.hashing import packed_paymaster_and_data
+
+    if isinstance(op, UserOperationV06):
+        kind = "(address,uint256,bytes,bytes,uint256,uint256,uint256,uint256,uint256,bytes,bytes)"
+        value: tuple[object, ...] = (
+            op.sender, op.nonce, op.init_code, op.call_data, op.call_gas_limit, op.verification_gas_limit,
+            op.pre_verification_gas, op.max_fee_per_gas, op.max_priority_fee_per_gas, op.paymaster_and_data,
+            op.signature,
+        )  # fmt: skip
+        return kind, value
+    kind = "(address,uint256,bytes,bytes,bytes32,uint256,bytes32,bytes,bytes)"
+    value = (
+        op.sender, op.nonce, op.init_code, op.call_data, op.account_gas_limits, op.pre_verification_gas,
+        op.gas_fees, packed_paymaster_and_data(op), op.signature,
+    )  # fmt: skip
+    return kind, value
+
+
+def abi_call(signature: str, types: list[str], values: list[object]) -> bytes:
+    from eth_abi.abi import encode
+    from eth_utils.crypto import keccak as _keccak
+
+    return _keccak(text=signature)[:4] + encode(types, values)
 
 
 def _or_default(value: int | None, default: int) -> int:

@@ -8,13 +8,15 @@ Layout after the paymaster address (V7/V8: after the two 16-byte gas limits as w
     signature                      65 bytes
 
 ``getHash(mode, userOp)`` hashes the operation with every paymaster byte but the signature, then
-binds the chain id; V8 additionally binds the EIP-7702 initCode override (zero for ordinary
-accounts). The contract accepts any address in its ``signers`` set.
+binds the chain id. Some V8 builds additionally bind the EIP-7702 initCode override (zero for
+ordinary accounts); the build in ``@pimlico/mock-paymaster`` does not. Which one a deployed contract
+uses is found at start-up by comparing with its own ``getHash`` (see ``pipeline/selfcheck.py``).
+The contract accepts any address in its ``signers`` set.
 """
 
 from __future__ import annotations
 
-from anode.paymasters.base import PaymasterFamily, ValidityWindow
+from anode.paymasters.base import GasDefaults, PaymasterFamily, ValidityWindow, abi_call, user_op_abi
 from anode.userop.hashing import address_word, keccak, packed_paymaster_and_data, word
 from anode.userop.models import UserOperation, UserOperationV06
 from anode.userop.versions import EntryPointVersion
@@ -28,6 +30,24 @@ _ZERO_WORD = b"\x00" * 32
 class SingletonPaymaster(PaymasterFamily):
     name = "singleton"
     versions = frozenset({EntryPointVersion.V06, EntryPointVersion.V07, EntryPointVersion.V08})
+
+    def __init__(
+        self, address: bytes, version: EntryPointVersion, gas: GasDefaults, *, bind_7702_override: bool = False
+    ) -> None:
+        super().__init__(address, version, gas)
+        #: V8 builds that wrap the V7 hash with the EIP-7702 initCode override (zero for ordinary accounts)
+        self.bind_7702_override = bind_7702_override and version is EntryPointVersion.V08
+
+    def alternatives(self) -> list[PaymasterFamily]:
+        if self.version is not EntryPointVersion.V08:
+            return []
+        return [
+            SingletonPaymaster(self.address, self.version, self.gas, bind_7702_override=not self.bind_7702_override)
+        ]
+
+    def get_hash_call(self, op: UserOperation, window: ValidityWindow) -> bytes:
+        kind, value = user_op_abi(op)
+        return abi_call(f"getHash(uint8,{kind})", ["uint8", kind], [VERIFYING_MODE, value])
 
     def encode(self, window: ValidityWindow, signature: bytes) -> bytes:
         return (
@@ -64,6 +84,6 @@ class SingletonPaymaster(PaymasterFamily):
             + keccak(pnd[: 52 + _CONFIG_LENGTH])
         )
         hashed = keccak(inner + word(chain_id))
-        if self.version is EntryPointVersion.V08:
+        if self.bind_7702_override:
             return keccak(hashed + _ZERO_WORD)
         return hashed

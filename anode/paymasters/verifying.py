@@ -12,7 +12,7 @@ fields, the paymaster gas limits and the window.
 
 from __future__ import annotations
 
-from anode.paymasters.base import PaymasterFamily, ValidityWindow
+from anode.paymasters.base import PaymasterFamily, ValidityWindow, abi_call, user_op_abi
 from anode.userop.hashing import address_word, keccak, word
 from anode.userop.models import UserOperation, UserOperationV06
 from anode.userop.versions import EntryPointVersion
@@ -57,6 +57,14 @@ class VerifyingPaymaster(PaymasterFamily):
     @property
     def needs_sender_nonce(self) -> bool:  # type: ignore[override]
         return self.version is EntryPointVersion.V06
+
+    def get_hash_call(self, op: UserOperation, window: ValidityWindow) -> bytes:
+        kind, value = user_op_abi(op)
+        return abi_call(
+            f"getHash({kind},uint48,uint48)",
+            [kind, "uint48", "uint48"],
+            [value, window.valid_until, window.valid_after],
+        )
 
     def encode(self, window: ValidityWindow, signature: bytes) -> bytes:
         return word(window.valid_until) + word(window.valid_after) + signature

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,12 @@ class RouteTable:
         self._routes = {(route.chain_id, route.entry_point): route for route in routes}
         self._chains = {route.chain_id for route in routes}
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._routes.values())
+    def __iter__(self) -> Iterator[Route]:
+        return iter(list(self._routes.values()))
+
+    def replace(self, route: Route) -> None:
+        """Swap in ``route`` for the same (chain, EntryPoint) pair (start-up self-check)."""
+        self._routes[(route.chain_id, route.entry_point)] = route
 
     @property
     def entry_points(self) -> list[str]:
