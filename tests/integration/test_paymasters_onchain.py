@@ -10,7 +10,6 @@ an expired window AA32. Every hash aNode computes is compared with the contracts
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -19,13 +18,12 @@ import httpx
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_utils.address import to_checksum_address
 
 from anode.devchain.anvil import Anvil
 from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc
-from anode.paymasters.registry import FAMILIES
 from anode.paymasters.base import GasDefaults, ValidityWindow
+from anode.paymasters.registry import FAMILIES
 from anode.userop import EntryPointVersion, parse_user_op, user_op_hash
 from tests.support.onchain import (
     USER_ADDRESS,
@@ -35,46 +33,10 @@ from tests.support.onchain import (
     execute_calldata,
     get_deposit,
     get_user_op_hash,
-    handle_ops,
-    sign_user_op_hash,
-    simple_account_init,
     user_op_type,
 )
-from tests.support.server import rpc, running_server
-
-PAIRS = [
-    ("verifying", "v0.6"),
-    ("verifying", "v0.7"),
-    ("singleton", "v0.6"),
-    ("singleton", "v0.7"),
-    ("singleton", "v0.8"),
-]
-_salts = itertools.count(1)
-
-
-def _paymaster(deployment: Deployment, contract: str, version: str) -> str:
-    table = deployment.verifying_paymasters if contract == "verifying" else deployment.singleton_paymasters
-    return table[version]
-
-
-def _config(anvil: Anvil, deployment: Deployment, key: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    return {
-        "signer": {"type": "local", "private_key": key},
-        "chains": [
-            {
-                "chain_id": deployment.chain_id,
-                "rpc_url": anvil.rpc_url,
-                "paymasters": [
-                    {
-                        "entry_point": deployment.entry_points[version],
-                        "address": _paymaster(deployment, contract, version),
-                        "contract": contract,
-                    }
-                    for contract, version in pairs
-                ],
-            }
-        ],
-    }
+from tests.support.server import running_server
+from tests.support.wallet import PAIRS, Client, rpc_op, server_config
 
 
 @pytest.fixture(scope="module")
@@ -83,77 +45,10 @@ def servers(anvil: Anvil, deployment: Deployment, paymaster_key: str) -> Iterato
     first = [("verifying", "v0.6"), ("verifying", "v0.7"), ("singleton", "v0.8")]
     second = [("singleton", "v0.6"), ("singleton", "v0.7")]
     with (
-        running_server(_config(anvil, deployment, paymaster_key, first)) as a,
-        running_server(_config(anvil, deployment, paymaster_key, second)) as b,
+        running_server(server_config(anvil, deployment, paymaster_key, first)) as a,
+        running_server(server_config(anvil, deployment, paymaster_key, second)) as b,
     ):
         yield {**dict.fromkeys(first, a), **dict.fromkeys(second, b)}
-
-
-def _rpc_op(op: UserOp, version: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "sender": op.sender,
-        "nonce": hex(op.nonce),
-        "callData": "0x" + op.call_data.hex(),
-        "callGasLimit": hex(op.call_gas_limit),
-        "verificationGasLimit": hex(op.verification_gas_limit),
-        "preVerificationGas": hex(op.pre_verification_gas),
-        "maxFeePerGas": hex(op.max_fee_per_gas),
-        "maxPriorityFeePerGas": hex(op.max_priority_fee_per_gas),
-        "signature": "0x",
-    }
-    if version == "v0.6":
-        fields["initCode"] = "0x" + op.init_code().hex()
-        fields["paymasterAndData"] = "0x"
-    elif op.factory is not None:
-        fields["factory"] = op.factory
-        fields["factoryData"] = "0x" + op.factory_data.hex()
-    return fields
-
-
-def _with_paymaster(op: UserOp, version: str, result: dict[str, Any]) -> UserOp:
-    if version == "v0.6":
-        pnd = bytes.fromhex(result["paymasterAndData"][2:])
-        return replace(op, paymaster=to_checksum_address(pnd[:20]), paymaster_data=pnd[20:])
-    return replace(
-        op,
-        paymaster=result["paymaster"],
-        paymaster_data=bytes.fromhex(result["paymasterData"][2:]),
-        paymaster_verification_gas_limit=int(result["paymasterVerificationGasLimit"], 16),
-        paymaster_post_op_gas_limit=int(result["paymasterPostOpGasLimit"], 16),
-    )
-
-
-class Client:
-    """What a wallet does: build the op, ask aNode for paymaster data, sign, submit."""
-
-    def __init__(self, url: str, anvil: Anvil, deployment: Deployment, version: str) -> None:
-        self.url, self.anvil, self.deployment, self.version = url, anvil, deployment, version
-        self.entry_point = deployment.entry_points[version]
-
-    def new_op(self) -> UserOp:
-        sender, factory, factory_data = simple_account_init(
-            self.anvil.rpc_url, self.deployment.factories[self.version], USER_ADDRESS, next(_salts)
-        )
-        return UserOp(
-            sender=sender, factory=factory, factory_data=factory_data, call_data=execute_calldata(USER_ADDRESS, 0, b"")
-        )
-
-    def call(self, method: str, op: UserOp, context: dict[str, Any] | None = None) -> dict[str, Any]:
-        reply = rpc(self.url, method, [_rpc_op(op, self.version), self.entry_point, hex(self.deployment.chain_id), context or {}])
-        assert "result" in reply, reply
-        result: dict[str, Any] = reply["result"]
-        return result
-
-    def sponsor(self, context: dict[str, Any] | None = None) -> tuple[UserOp, dict[str, Any], dict[str, Any]]:
-        op = self.new_op()
-        stub = self.call("pm_getPaymasterStubData", op, context)
-        final = self.call("pm_getPaymasterData", op, context)
-        return _with_paymaster(op, self.version, final), stub, final
-
-    def submit(self, op: UserOp) -> Any:
-        op_hash = get_user_op_hash(self.anvil.rpc_url, self.entry_point, self.version, op)
-        signed = replace(op, signature=sign_user_op_hash(self.version, op_hash, USER_KEY))
-        return handle_ops(self.anvil.rpc_url, self.entry_point, self.version, [signed.to_tuple(self.version)])
 
 
 @pytest.fixture(params=PAIRS, ids=[f"{c}-{v}" for c, v in PAIRS])
@@ -169,7 +64,9 @@ def client(pair: tuple[str, str], servers: dict[tuple[str, str], str], anvil: An
 
 def _window_and_signature(contract: str, version: str, paymaster_data: bytes) -> tuple[ValidityWindow, bytes]:
     if contract == "verifying":
-        window = ValidityWindow(int.from_bytes(paymaster_data[:32], "big"), int.from_bytes(paymaster_data[32:64], "big"))
+        window = ValidityWindow(
+            int.from_bytes(paymaster_data[:32], "big"), int.from_bytes(paymaster_data[32:64], "big")
+        )
         return window, paymaster_data[64:]
     window = ValidityWindow(int.from_bytes(paymaster_data[1:7], "big"), int.from_bytes(paymaster_data[7:13], "big"))
     return window, paymaster_data[13:]
@@ -200,7 +97,10 @@ def test_sponsored_deploy_and_call_succeeds_and_the_deposit_pays(
     # ERC-7677 stub: same length as the final data, never more zero bytes, a sponsor, postOp limit (v0.7+).
     if version == "v0.6":
         assert len(stub["paymasterAndData"]) == len(final["paymasterAndData"])
-        stub_bytes, final_bytes = bytes.fromhex(stub["paymasterAndData"][2:]), bytes.fromhex(final["paymasterAndData"][2:])
+        stub_bytes, final_bytes = (
+            bytes.fromhex(stub["paymasterAndData"][2:]),
+            bytes.fromhex(final["paymasterAndData"][2:]),
+        )
     else:
         assert "paymasterPostOpGasLimit" in stub and stub["paymaster"] == final["paymaster"]
         stub_bytes, final_bytes = bytes.fromhex(stub["paymasterData"][2:]), bytes.fromhex(final["paymasterData"][2:])
@@ -212,7 +112,7 @@ def test_sponsored_deploy_and_call_succeeds_and_the_deposit_pays(
     window, signature = _window_and_signature(contract, version, op.paymaster_data)
     onchain = _onchain_get_hash(anvil, contract, version, op, window)
     ep_version = EntryPointVersion(version)
-    model = parse_user_op(_rpc_op(op, version) | _paymaster_rpc_fields(op, version), ep_version)
+    model = parse_user_op(rpc_op(op, version) | _paymaster_rpc_fields(op, version), ep_version)
     family = FAMILIES[contract](bytes.fromhex((op.paymaster or "")[2:]), ep_version, GasDefaults(0, 0))
     assert family.digest(model, window, client.deployment.chain_id, 0) == onchain
     assert Account.recover_message(encode_defunct(primitive=onchain), signature=signature) == paymaster_address
