@@ -74,8 +74,9 @@ class PaymasterSettings(_Section):
 
 class ChainSettings(_Section):
     chain_id: int = Field(gt=0)
-    rpc_url: str
-    bundler_url: str | None = None
+    #: provider URLs carry API keys (``/v2/<key>``, ``?apikey=``): kept out of repr/str
+    rpc_url: str = Field(repr=False)
+    bundler_url: str | None = Field(None, repr=False)
     paymasters: list[PaymasterSettings] = Field(min_length=1)
 
 
@@ -98,7 +99,8 @@ class ServerSettings(_Section):
 
 class Settings(_Section):
     environment: Literal["development", "production"] = "development"
-    database_url: str = "sqlite:///anode.db"
+    #: may carry the database password: kept out of repr/str
+    database_url: str = Field("sqlite:///anode.db", repr=False)
     signer: SignerSettings
     chains: list[ChainSettings] = Field(min_length=1)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -127,6 +129,8 @@ def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> None:
             if last:
                 node[key] = value
             else:
+                if not isinstance(node[key], dict | list):
+                    node[key] = [] if parts[index + 1].isdigit() else {}
                 node = node[key]
             continue
         if last:

@@ -64,7 +64,9 @@ class Anode:
                 continue
             reported = await route.chain.chain_id()
             if reported != route.chain_id:
-                raise ConfigError(f"chain {route.chain_id}: the node at {route.chain.url} reports chain id {reported}")
+                raise ConfigError(
+                    f"chain {route.chain_id}: the node at {route.chain.display_url} reports chain id {reported}"
+                )
             checked.add(route.chain_id)
         for route in list(self.routes):
             family = await verified_family(route)

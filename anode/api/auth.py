@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Annotated
 
+from fastapi import Depends
 from starlette.requests import Request
 
 from anode.errors import Unauthorized
@@ -44,3 +46,12 @@ class ApiKeys:
         if found is None:
             raise Unauthorized("the API key is not valid")
         return found
+
+
+def caller_key_id(request: Request) -> str | None:
+    """FastAPI dependency: authenticate before the body is even validated (401 before 400)."""
+    keys: ApiKeys = request.app.state.anode.api_keys
+    return keys.authenticate(request)
+
+
+CallerKeyId = Annotated[str | None, Depends(caller_key_id)]

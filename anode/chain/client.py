@@ -15,6 +15,16 @@ _BALANCE_OF = bytes.fromhex("70a08231")  # balanceOf(address): EntryPoint deposi
 _SENDER_NONCE = bytes.fromhex("9c90b443")  # senderNonce(address): VerifyingPaymaster v0.6
 
 
+def redacted(url: str) -> str:
+    """``scheme://host[:port]`` only: provider URLs carry API keys in their path or query."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "(invalid URL)"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
 class JsonRpcClient:
     """JSON-RPC 2.0 over HTTP with a pooled connection; transport failures become ``unavailable``."""
 
@@ -23,6 +33,8 @@ class JsonRpcClient:
 
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         self.url = url
+        #: what messages show: never the path or query, where provider keys live
+        self.display_url = redacted(url)
         self._http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=32))
         self._ids = itertools.count(1)
 
@@ -31,15 +43,17 @@ class JsonRpcClient:
         try:
             response = await self._http.post(self.url, content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
-            raise self.unavailable(f"{self.label} at {self.url} is unreachable ({type(exc).__name__})") from None
+            raise self.unavailable(
+                f"{self.label} at {self.display_url} is unreachable ({type(exc).__name__})"
+            ) from None
         try:
             payload = orjson.loads(response.content)
         except orjson.JSONDecodeError:
             raise self.unavailable(
-                f"{self.label} at {self.url} answered HTTP {response.status_code} without JSON"
+                f"{self.label} at {self.display_url} answered HTTP {response.status_code} without JSON"
             ) from None
         if not isinstance(payload, dict):
-            raise self.unavailable(f"{self.label} at {self.url} answered with a malformed JSON-RPC reply")
+            raise self.unavailable(f"{self.label} at {self.display_url} answered with a malformed JSON-RPC reply")
         error = payload.get("error")
         if error is not None:
             message = error.get("message", "error") if isinstance(error, dict) else str(error)

@@ -89,6 +89,7 @@ class SponsorshipService:
             chain_id = request.context.get("chainId")
         route = self.routes.resolve(request.entry_point, chain_id)
         op = parse_user_op(request.user_op, route.version)
+        op.check_gas_bounds()
         route.paymaster.check(op)
         return route, op, self._window(request.context)
 
@@ -135,6 +136,7 @@ class SponsorshipService:
     async def _sign(
         self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest
     ) -> Sponsored:
+        op.check_gas_bounds()  # a bundler's estimate is input too
         family = route.paymaster
         placeholder = family.attach(op, family.encode(window, dummy_signature()))
         sender_nonce = 0

@@ -89,6 +89,8 @@ class KeystoreSigner(LocalKeySigner):
             raw = Account.decrypt(document, password)
         except ValueError:
             raise ConfigError(f"signer: wrong password for keystore {path}") from None
+        except (KeyError, TypeError):
+            raise ConfigError(f"signer.keystore_path: {path} is not a V3 JSON keystore") from None
         return cls(bytes(raw))
 
 

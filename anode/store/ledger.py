@@ -80,17 +80,20 @@ class SqlLedger:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
                     await loop.run_in_executor(self._writer, self._insert, [row for row, _ in batch])
+                except (sa.exc.DataError, sa.exc.IntegrityError):
+                    # one row the database refuses must not refuse the requests batched with it:
+                    # write them one by one (only for row errors; a dead database fails the batch at once)
+                    for row, done in batch:
+                        try:
+                            await loop.run_in_executor(self._writer, self._insert, [row])
+                        except Exception as exc:
+                            _settle([(row, done)], exc)
+                        else:
+                            _settle([(row, done)], None)
                 except Exception as exc:  # any driver error: refuse, never sign off the books
-                    error = StoreUnavailable(
-                        f"the sponsorship ledger could not be written ({type(exc).__name__}); nothing was signed"
-                    )
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(error)
+                    _settle(batch, exc)
                 else:
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_result(None)
+                    _settle(batch, None)
         finally:
             self._flushing = False
 
@@ -116,6 +119,7 @@ class SqlLedger:
         until: datetime | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
+        since, until = _utc(since), _utc(until)
         query = sa.select(sponsorships).order_by(sponsorships.c.id.desc()).limit(limit)
         if sender is not None:
             query = query.where(sponsorships.c.sender == sender)
@@ -133,6 +137,28 @@ class SqlLedger:
     async def aclose(self) -> None:
         self._writer.shutdown(wait=True)
         self._engine.dispose()
+
+
+def _settle(batch: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: Exception | None) -> None:
+    error = None
+    if exc is not None:
+        error = StoreUnavailable(
+            f"the sponsorship ledger could not be written ({type(exc).__name__}); nothing was signed"
+        )
+    for _, done in batch:
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Compare in UTC: SQLite stores UTC wall-clock text and drops any offset it is handed."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, PlainSerializer
 
 UINT256_MAX = (1 << 256) - 1
 UINT128_MAX = (1 << 128) - 1
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def parse_quantity(value: Any, *, bits: int = 256) -> int:
@@ -25,10 +26,9 @@ def parse_quantity(value: Any, *, bits: int = 256) -> int:
     elif isinstance(value, str):
         if not value.startswith(("0x", "0X")) or len(value) < 3:
             raise ValueError(f"expected a hex quantity such as '0x1a', got {value[:80]!r}")
-        try:
-            number = int(value[2:], 16)
-        except ValueError:
-            raise ValueError(f"not a hex quantity: {value[:80]!r}") from None
+        if not _HEX_DIGITS.issuperset(value[2:]):  # int(_, 16) also takes "_", "+", "-" and spaces
+            raise ValueError(f"not a hex quantity: {value[:80]!r}")
+        number = int(value[2:], 16)
     else:
         raise ValueError(f"expected a hex quantity such as '0x1a', got {type(value).__name__}")
     if number < 0 or number >> bits:
@@ -45,10 +45,9 @@ def parse_bytes(value: Any) -> bytes:
     body = value[2:]
     if len(body) % 2:
         raise ValueError("hex bytes must have an even number of digits")
-    try:
-        return bytes.fromhex(body)
-    except ValueError:
-        raise ValueError(f"not hex bytes: {value[:80]!r}") from None
+    if not _HEX_DIGITS.issuperset(body):  # bytes.fromhex also skips spaces
+        raise ValueError(f"not hex bytes: {value[:80]!r}")
+    return bytes.fromhex(body)
 
 
 def parse_address(value: Any) -> bytes:

@@ -13,13 +13,23 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from anode.errors import InvalidRequest
 from anode.userop.codec import Address, HexBytes, Quantity, Uint128
 from anode.userop.versions import EntryPointVersion
 
 _REQUIRED_FOR_SIGNING = ("callGasLimit", "verificationGasLimit", "preVerificationGas", "maxFeePerGas")
+_UINT120_MAX = (1 << 120) - 1
+_GAS_FIELDS = (
+    ("callGasLimit", "call_gas_limit"),
+    ("verificationGasLimit", "verification_gas_limit"),
+    ("preVerificationGas", "pre_verification_gas"),
+    ("maxFeePerGas", "max_fee_per_gas"),
+    ("maxPriorityFeePerGas", "max_priority_fee_per_gas"),
+    ("paymasterVerificationGasLimit", "paymaster_verification_gas_limit"),
+    ("paymasterPostOpGasLimit", "paymaster_post_op_gas_limit"),
+)
 
 
 class _UserOpBase(BaseModel):
@@ -36,6 +46,16 @@ class _UserOpBase(BaseModel):
     signature: HexBytes = b""
 
     version: ClassVar[EntryPointVersion]
+
+    def check_gas_bounds(self) -> None:
+        """EntryPoints refuse any gas value above 2**120-1 ("AA94 gas values overflow")."""
+        for wire, attribute in _GAS_FIELDS:
+            value = getattr(self, attribute, None)
+            if value is not None and value > _UINT120_MAX:
+                raise InvalidRequest(
+                    f"userOp.{wire} is above 2**120-1: the EntryPoint refuses such operations (AA94)",
+                    field=f"userOp.{wire}",
+                )
 
     def require_gas_fields(self, raw: dict[str, Any]) -> None:
         """A final paymaster signature covers the gas fields: refuse to sign over guesses."""
@@ -78,11 +98,12 @@ class UserOperationV07(_UserOpBase):
     paymaster_post_op_gas_limit: Uint128 | None = Field(None, alias="paymasterPostOpGasLimit")
     paymaster_data: HexBytes = Field(b"", alias="paymasterData")
 
-    @model_validator(mode="after")
-    def _factory_data_needs_factory(self) -> UserOperationV07:
-        if self.factory is None and self.factory_data:
+    @field_validator("factory_data")
+    @classmethod
+    def _factory_data_needs_factory(cls, value: bytes, info: ValidationInfo) -> bytes:
+        if value and info.data.get("factory") is None:
             raise ValueError("factoryData given without factory")
-        return self
+        return value
 
     @property
     def init_code(self) -> bytes:

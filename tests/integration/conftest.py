@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     available = node_modules_available()
     skip = pytest.mark.skip(reason="node_modules missing: run `npm install` in the repository root")
     for item in items:
-        if _HERE in item.path.resolve().parents:
+        if _HERE in item.path.resolve().parents and "anvil" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.chain)
             if not available:
                 item.add_marker(skip)

@@ -30,15 +30,16 @@ async def _one(call: Any, ctx: CallContext) -> dict[str, Any] | None:
     method = call.get("method")
     if call.get("jsonrpc") != "2.0" or not isinstance(method, str):
         return _invalid("invalid request: needs jsonrpc '2.0' and a string method", call_id)
-    notification = "id" not in call
+    if "id" not in call:
+        return None  # a notification: nothing is answered, so nothing is signed or recorded either
     handler = METHODS.get(method)
     try:
         if handler is None:
             raise MethodNotFound(f"method {method[:64]!r} does not exist (see pm_supportedEntryPoints and the docs)")
         result = await handler(call.get("params"), ctx)
     except Exception as exc:
-        return None if notification else {"jsonrpc": "2.0", "id": call_id, "error": rpc_error(exc)}
-    return None if notification else {"jsonrpc": "2.0", "id": call_id, "result": result}
+        return {"jsonrpc": "2.0", "id": call_id, "error": rpc_error(exc)}
+    return {"jsonrpc": "2.0", "id": call_id, "result": result}
 
 
 async def dispatch(body: bytes, ctx: CallContext) -> bytes | None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from anode.api.auth import CallerKeyId
 from anode.api.rest.schemas import ErrorReply
 from anode.errors import InvalidRequest
 from anode.userop.codec import checksum, parse_address
@@ -17,13 +18,13 @@ router = APIRouter(prefix="/api/v1", tags=["operations"])
 @router.get("/operations", responses={400: {"model": ErrorReply}, 401: {"model": ErrorReply}})
 async def list_operations(
     request: Request,
+    _caller: CallerKeyId,
     sender: Annotated[str | None, Query(description="Only operations of this account.")] = None,
     since: Annotated[datetime | None, Query(description="ISO-8601 time, inclusive.")] = None,
     until: Annotated[datetime | None, Query(description="ISO-8601 time, exclusive.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     anode = request.app.state.anode
-    anode.api_keys.authenticate(request)
     if sender is not None:
         try:
             sender = checksum(parse_address(sender))

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from anode.api.auth import CallerKeyId
 from anode.api.jsonrpc.results import gas_fields, paymaster_fields, signed_extras
 from anode.api.rest.schemas import ErrorReply, SponsorBody, SponsorReply
 from anode.pipeline.sponsor import SponsorRequest, SponsorshipService
@@ -20,9 +21,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorReply} for code
 
 
 @router.post("/sponsor", response_model=SponsorReply, responses=_ERRORS)
-async def sponsor(body: SponsorBody, request: Request) -> dict[str, Any]:
+async def sponsor(api_key_id: CallerKeyId, body: SponsorBody, request: Request) -> dict[str, Any]:
     service: SponsorshipService = request.app.state.anode.service
-    api_key_id = request.app.state.anode.api_keys.authenticate(request)
     sponsor_request = SponsorRequest(
         body.user_operation, body.entry_point, body.chain_id, body.context, "rest.sponsor", api_key_id
     )

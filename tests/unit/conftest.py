@@ -1,0 +1,1 @@
+"""Unit tests run without any service: no anvil, no database server, no network."""
