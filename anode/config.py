@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,6 +26,7 @@ from pydantic import (
 )
 
 from anode.errors import ConfigError
+from anode.signers.registry import SignerSettingsBase
 from anode.userop.codec import parse_address
 
 ENV_PREFIX = "ANODE_"
@@ -40,24 +42,17 @@ def _address(value: str) -> str:
     return value
 
 
-class SignerSettings(_Section):
-    type: Literal["local", "keystore"] = "local"
-    private_key: SecretStr | None = None
-    keystore_path: Path | None = None
-    password: SecretStr | None = None
-    password_env: str | None = None
-    password_file: Path | None = None
+def _signer_settings(value: Any) -> SignerSettingsBase:
+    from anode.signers.registry import signer_settings
 
-    @model_validator(mode="after")
-    def _complete(self) -> SignerSettings:
-        if self.type == "local" and self.private_key is None:
-            raise ValueError("signer.type local needs signer.private_key (or ANODE_SIGNER__PRIVATE_KEY)")
-        if self.type == "keystore":
-            if self.keystore_path is None:
-                raise ValueError("signer.type keystore needs signer.keystore_path")
-            if self.password is None and self.password_env is None and self.password_file is None:
-                raise ValueError("signer.type keystore needs password, password_env or password_file")
-        return self
+    try:
+        return signer_settings(value)
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+
+
+#: validated by the configured backend's own settings model (``anode/signers/registry.py``)
+SignerConfig = Annotated[SignerSettingsBase, BeforeValidator(_signer_settings)]
 
 
 class PaymasterSettings(_Section):
@@ -101,7 +96,7 @@ class Settings(_Section):
     environment: Literal["development", "production"] = "development"
     #: may carry the database password: kept out of repr/str
     database_url: str = Field("sqlite:///anode.db", repr=False)
-    signer: SignerSettings
+    signer: SignerConfig
     chains: list[ChainSettings] = Field(min_length=1)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     sponsorship: SponsorshipSettings = Field(default_factory=SponsorshipSettings)

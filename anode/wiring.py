@@ -3,45 +3,24 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 
 from anode.api.auth import ApiKeys
 from anode.chain.bundler import BundlerClient
 from anode.chain.client import ChainClient
-from anode.config import Settings, SignerSettings
+from anode.config import Settings
 from anode.errors import ConfigError
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.routes import Route, RouteTable, build_family, entry_point_version
 from anode.pipeline.selfcheck import verified_family
 from anode.pipeline.sponsor import SponsorshipService
 from anode.signers.base import Signer
-from anode.signers.local import KeystoreSigner, LocalKeySigner
+from anode.signers.registry import build_signer
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import Ledger, SqlLedger
 from anode.userop.codec import parse_address
 
 log = logging.getLogger("anode")
-
-
-def build_signer(settings: SignerSettings) -> Signer:
-    if settings.type == "local":
-        assert settings.private_key is not None
-        return LocalKeySigner.from_hex(settings.private_key.get_secret_value())
-    assert settings.keystore_path is not None
-    if settings.password is not None:
-        password = settings.password.get_secret_value()
-    elif settings.password_env is not None:
-        if settings.password_env not in os.environ:
-            raise ConfigError(f"signer.password_env: environment variable {settings.password_env} is not set")
-        password = os.environ[settings.password_env]
-    else:
-        assert settings.password_file is not None
-        try:
-            password = settings.password_file.read_text().rstrip("\n")
-        except OSError as exc:
-            raise ConfigError(f"signer.password_file: cannot read it ({exc.strerror})") from None
-    return KeystoreSigner.from_file(settings.keystore_path, password)
 
 
 @dataclass

@@ -15,9 +15,11 @@ from coincurve import PrivateKey
 from eth_account import Account
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
+from pydantic import SecretStr
 
 from anode.errors import ConfigError
 from anode.signers.base import SignedDigest
+from anode.signers.registry import SignerSettingsBase
 
 
 def address_of(key: PrivateKey) -> str:
@@ -92,6 +94,16 @@ class KeystoreSigner(LocalKeySigner):
         except (KeyError, TypeError):
             raise ConfigError(f"signer.keystore_path: {path} is not a V3 JSON keystore") from None
         return cls(bytes(raw))
+
+
+class Settings(SignerSettingsBase):
+    """``signer: {type: local, private_key: 0x…}`` — development only: the key sits in config or env."""
+
+    private_key: SecretStr
+
+
+def build(settings: Settings) -> LocalKeySigner:
+    return LocalKeySigner.from_hex(settings.private_key.get_secret_value())
 
 
 def generate_dev_key(path: Path) -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from coincurve import PublicKey
@@ -16,11 +17,10 @@ from eth_utils.crypto import keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anode.config import SignerSettings
 from anode.errors import ConfigError
 from anode.signers.base import SECP256K1_N, Signer
 from anode.signers.local import KeystoreSigner, LocalKeySigner, generate_dev_key
-from anode.wiring import build_signer
+from anode.signers.registry import SignerSettingsBase, build_signer, signer_settings
 
 #: anvil account 0: a key whose address everyone knows
 KEY_HEX = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
@@ -29,6 +29,10 @@ PASSWORD = "correct horse battery staple"
 
 private_keys = st.integers(1, SECP256K1_N - 1).map(lambda n: n.to_bytes(32, "big"))
 digests = st.binary(min_size=32, max_size=32)
+
+
+def SignerSettings(**fields: Any) -> SignerSettingsBase:
+    return signer_settings(fields)
 
 
 def _recover_coincurve(digest: bytes, signature: bytes) -> str:
