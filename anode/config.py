@@ -87,6 +87,18 @@ class SponsorshipSettings(_Section):
     sponsor_icon: str | None = None
 
 
+class ModuleEntry(_Section):
+    name: str
+    enabled: bool = True
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineSettings(_Section):
+    """The ordered pipeline (``pipeline.modules``). Without one, operations are only signed."""
+
+    modules: list[ModuleEntry] = Field(default_factory=lambda: [ModuleEntry(name="paymaster_signer")])
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, lt=65536)
@@ -101,6 +113,11 @@ class Settings(_Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     sponsorship: SponsorshipSettings = Field(default_factory=SponsorshipSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    #: Redis for shared caches and limits across processes (``redis://127.0.0.1:6379/0``); none: in-process
+    redis_url: str | None = Field(None, repr=False)
+    #: policies seeded at start-up (see the policy engine); managed at runtime through the API
+    policies: list[dict[str, Any]] = Field(default_factory=list)
     log_level: str = "INFO"
 
     @model_validator(mode="after")
