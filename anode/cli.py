@@ -7,9 +7,13 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anode.config import Settings, load_settings
 from anode.errors import AnodeError, ConfigError
+
+if TYPE_CHECKING:
+    from anode.store.api_keys import SqlApiKeys
 
 
 def serve_settings(settings: Settings, host: str | None, port: int | None) -> None:
@@ -62,6 +66,36 @@ def _ops_list(args: argparse.Namespace) -> None:
     print(f"{len(rows)} operation(s)")
 
 
+def _key_store(args: argparse.Namespace) -> SqlApiKeys:
+    from anode.store.api_keys import SqlApiKeys
+    from anode.store.database import create_engine, upgrade
+
+    engine = create_engine(_settings(args).database_url)
+    upgrade(engine)
+    return SqlApiKeys(engine)
+
+
+def _keys_create(args: argparse.Namespace) -> None:
+    from anode.store.api_keys import KeyKind
+
+    kind = KeyKind.ADMIN if args.admin else KeyKind.PROJECT
+    plaintext, record = _key_store(args).create(args.name, kind)
+    print(f"{kind.value} key {record.id} ({record.name}) created; it is shown only this once:")
+    print(plaintext)
+
+
+def _keys_list(args: argparse.Namespace) -> None:
+    for record in _key_store(args).list():
+        state = f"revoked {record.revoked_at.isoformat()}" if record.revoked_at else "active"
+        print(f"{record.id}  {record.kind.value:8} {state:40} {record.name}")
+
+
+def _keys_revoke(args: argparse.Namespace) -> None:
+    if not _key_store(args).revoke(args.id):
+        raise ConfigError(f"no active key with id {args.id!r}")
+    print(f"revoked {args.id}")
+
+
 def _db_upgrade(args: argparse.Namespace) -> None:
     from anode.store.database import create_engine, upgrade
 
@@ -93,6 +127,20 @@ def parser() -> argparse.ArgumentParser:
     ops_list.add_argument("--since", help="ISO-8601 time")
     ops_list.add_argument("--limit", type=int, default=50)
     ops_list.set_defaults(run=_ops_list)
+
+    keys = commands.add_parser("keys", help="API keys and signing keys").add_subparsers(dest="keys", required=True)
+    create = keys.add_parser("create", help="make an API key (shown once); --admin for a management key")
+    create.add_argument("--config")
+    create.add_argument("--name", default="default")
+    create.add_argument("--admin", action="store_true")
+    create.set_defaults(run=_keys_create)
+    listing = keys.add_parser("list", help="list API keys (ids, kinds, state; never the keys)")
+    listing.add_argument("--config")
+    listing.set_defaults(run=_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an API key by id")
+    revoke.add_argument("id")
+    revoke.add_argument("--config")
+    revoke.set_defaults(run=_keys_revoke)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     db_upgrade = db.add_parser("upgrade", help="apply migrations (serve does this at start-up too)")

@@ -76,7 +76,10 @@ class ChainSettings(_Section):
 
 
 class AuthSettings(_Section):
+    #: project keys: may sponsor
     api_keys: list[SecretStr] = Field(default_factory=list)
+    #: admin keys: may also manage policies, blacklists and keys
+    admin_keys: list[SecretStr] = Field(default_factory=list)
 
 
 class SponsorshipSettings(_Section):

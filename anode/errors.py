@@ -6,7 +6,9 @@
     │   └── UnsupportedEntryPoint      entryPoint not served on that chain     -32602 / 400
     ├── MethodNotFound                 unknown JSON-RPC method                 -32601 / 404
     ├── Unauthorized                   missing or wrong API key                -32001 / 401
+    ├── Forbidden                      valid key, not allowed (admin only)     -32001 / 403
     ├── SponsorshipRefused             aNode will not pay for this operation   -32501 / 403
+    │   └── ConfirmationRequired       the user must confirm (security filter) -32501 / 403
     ├── UpstreamRejected               the bundler or node refused the op      -32500 / 422
     ├── ServiceUnavailable             a dependency is down (node, store, ...) -32603 / 503
     │   ├── ChainUnavailable
@@ -28,14 +30,16 @@ from typing import Any, ClassVar
 class AnodeError(Exception):
     """Root of every error aNode raises on purpose."""
 
-    code: ClassVar[str] = "ANODE_ERROR"
+    code: str = "ANODE_ERROR"
     rpc_code: ClassVar[int] = -32603
     http_status: ClassVar[int] = 500
 
-    def __init__(self, message: str, *, data: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, data: dict[str, Any] | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.data = data
+        if code is not None:
+            self.code = code  # a stable, more specific code (``ANODE_001_SBT_NOT_FOUND``)
 
 
 class InvalidRequest(AnodeError, ValueError):
@@ -74,6 +78,20 @@ class Unauthorized(AnodeError):
 class SponsorshipRefused(AnodeError):
     code = "ANODE_SPONSORSHIP_REFUSED"
     rpc_code = -32501
+    http_status = 403
+
+
+class ConfirmationRequired(SponsorshipRefused):
+    """The security filter wants the user to confirm; ``data`` carries the token and the warning."""
+
+    code = "ANODE_021_CONFIRMATION_REQUIRED"
+
+
+class Forbidden(AnodeError):
+    """A valid key without the right: e.g. a project key calling an admin endpoint."""
+
+    code = "ANODE_FORBIDDEN"
+    rpc_code = -32001
     http_status = 403
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from anode.api.auth import ApiKeys
 from anode.chain.bundler import BundlerClient
@@ -11,14 +12,22 @@ from anode.chain.client import ChainClient
 from anode.config import Settings
 from anode.errors import ConfigError
 from anode.paymasters.base import GasDefaults
+from anode.pipeline.base import Module
+from anode.pipeline.deps import Dependencies, TTLCache
+from anode.pipeline.registry import SIGNING_STEP, build_modules, check_names
 from anode.pipeline.routes import Route, RouteTable, build_family, entry_point_version
+from anode.pipeline.runner import Pipeline
 from anode.pipeline.selfcheck import verified_family
 from anode.pipeline.sponsor import SponsorshipService
 from anode.signers.base import Signer
 from anode.signers.registry import build_signer
+from anode.store.api_keys import SqlApiKeys
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import Ledger, SqlLedger
 from anode.userop.codec import parse_address
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("anode")
 
@@ -34,6 +43,10 @@ class Anode:
     service: SponsorshipService
     api_keys: ApiKeys
     clients: list[ChainClient | BundlerClient] = field(default_factory=list)
+    deps: Dependencies | None = None
+    key_store: SqlApiKeys | None = None
+    #: the ``paymaster_signer`` step is enabled: operations that pass are signed
+    signing: bool = True
 
     async def start(self) -> None:
         """Check every configured chain against its node: a mismatch refuses to start."""
@@ -65,6 +78,8 @@ class Anode:
             await client.aclose()
         await self.ledger.aclose()
         await self.signer.aclose()
+        if self.deps is not None and self.deps.redis is not None:
+            await self.deps.redis.aclose()
 
 
 def build(settings: Settings, *, migrate: bool = True) -> Anode:
@@ -92,6 +107,30 @@ def build(settings: Settings, *, migrate: bool = True) -> Anode:
     if len({(route.chain_id, route.entry_point) for route in routes}) != len(routes):
         raise ConfigError("each (chain, entry_point) pair may have one paymaster")
     table = RouteTable(routes)
-    api_keys = ApiKeys(key.get_secret_value() for key in settings.auth.api_keys)
-    service = SponsorshipService(table, signer, ledger, settings.sponsorship)
-    return Anode(settings, signer, table, ledger, service, api_keys, clients)
+    project_keys = [key.get_secret_value() for key in settings.auth.api_keys]
+    admin_keys = [key.get_secret_value() for key in settings.auth.admin_keys]
+    key_store = SqlApiKeys(engine)
+    use_store = bool(project_keys or admin_keys) or any(k.revoked_at is None for k in key_store.list())
+    api_keys = ApiKeys(project_keys, admin_keys, key_store if use_store else None)
+    check_names(settings.pipeline.modules)
+    deps: Dependencies | None = None
+    modules: list[Module] = []
+    signing = any(e.name == SIGNING_STEP and e.enabled for e in settings.pipeline.modules)
+    if any(e.enabled and e.name != SIGNING_STEP for e in settings.pipeline.modules):
+        redis = None
+        if settings.redis_url is not None:
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(settings.redis_url)
+        deps = Dependencies(settings=settings, engine=engine, cache=_cache(redis), redis=redis)
+        modules, signing = build_modules(settings.pipeline.modules, deps)
+    service = SponsorshipService(table, signer, ledger, settings.sponsorship, Pipeline(modules), signing=signing)
+    return Anode(
+        settings, signer, table, ledger, service, api_keys, clients, deps=deps, key_store=key_store, signing=signing
+    )
+
+
+def _cache(redis: Redis | None) -> TTLCache:
+    from anode.chain.cache import make_cache
+
+    return make_cache(redis)

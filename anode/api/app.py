@@ -12,7 +12,7 @@ from starlette.responses import Response
 from anode.api import errors
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.dispatch import dispatch
-from anode.api.rest import health, operations, paymaster
+from anode.api.rest import health, keys, operations, paymaster, process
 from anode.errors import AnodeError, Unauthorized
 from anode.wiring import Anode
 
@@ -61,7 +61,7 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
 
     async def rpc(request: Request) -> Response:
         try:
-            api_key_id = anode.api_keys.authenticate(request)
+            api_key_id = await anode.api_keys.authenticate(request)
         except Unauthorized as exc:
             body = {"jsonrpc": "2.0", "id": None, "error": errors.rpc_error(exc)}
             return errors.json_response(body, 401)
@@ -76,6 +76,8 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
             path, rpc, methods=["POST"], tags=["json-rpc"], summary="JSON-RPC 2.0 endpoint", openapi_extra=_RPC_DOC
         )
     app.include_router(paymaster.router)
+    app.include_router(process.router)
+    app.include_router(keys.router)
     app.include_router(operations.router)
     app.include_router(health.router)
     app.add_exception_handler(AnodeError, errors.anode_error_handler)

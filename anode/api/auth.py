@@ -1,57 +1,123 @@
 """API keys: ``?apikey=`` or ``Authorization: Bearer``. Keys are held only as SHA-256 digests.
 
-Looking a digest up in a dict leaks nothing useful about the key (an attacker cannot steer the
-digest), so no key is ever compared byte by byte. The key id recorded with each sponsorship is
-a prefix of the digest: it identifies the key without revealing it.
+Two kinds: project keys sponsor; admin keys also manage policies, blacklists and keys. Keys come
+from the config file (``auth.api_keys`` are project keys, ``auth.admin_keys`` admin keys) and from
+the database (``anode keys create [--admin]``). A key not found in memory is looked up in the
+database (keys made while the server runs work at once); unknown keys are remembered briefly so a
+flood of wrong keys does not become a flood of queries. Digests are compared with
+``hmac.compare_digest``; the id recorded with each sponsorship is a digest prefix.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import hmac
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import Request
 
-from anode.errors import Unauthorized
+from anode.errors import Forbidden, Unauthorized
+from anode.store.api_keys import KeyKind, KeyRecord, SqlApiKeys, key_id
+
+_MISS_TTL = 5.0
+_MAX_MISSES = 10_000
 
 
-def key_id(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key_id: str | None
+    kind: KeyKind
+
+
+_OPEN = Caller(None, KeyKind.PROJECT)
 
 
 class ApiKeys:
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._ids = {hashlib.sha256(key.encode()).digest(): key_id(key) for key in keys}
+    def __init__(self, project: Iterable[str], admin: Iterable[str] = (), store: SqlApiKeys | None = None) -> None:
+        self._known: dict[bytes, Caller] = {}
+        for key in project:
+            self._known[hashlib.sha256(key.encode()).digest()] = Caller(key_id(key), KeyKind.PROJECT)
+        for key in admin:
+            self._known[hashlib.sha256(key.encode()).digest()] = Caller(key_id(key), KeyKind.ADMIN)
+        self._store = store
+        self._misses: dict[bytes, float] = {}
 
     @property
     def open(self) -> bool:
-        """No keys configured: anyone may call (the server warns loudly at start-up)."""
-        return not self._ids
+        """No keys configured and no key store: anyone may call (the server warns loudly at start-up)."""
+        return not self._known and self._store is None
 
-    def authenticate(self, request: Request) -> str | None:
-        """The caller's key id, ``None`` on an open server; ``Unauthorized`` otherwise."""
-        if self.open:
-            return None
-        presented = request.query_params.get("apikey")
-        if presented is None:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
+    @staticmethod
+    def presented(request: Request) -> str | None:
+        key = request.query_params.get("apikey")
+        if key is None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() == "bearer" and token:
-                presented = token.strip()
-        if not presented:
+                key = token.strip()
+        return key or None
+
+    async def caller(self, request: Request) -> Caller:
+        """Who is calling; ``Unauthorized`` for a missing or unknown key (unless the server is open)."""
+        if self.open:
+            return _OPEN
+        key = self.presented(request)
+        if key is None:
             raise Unauthorized("an API key is required: pass ?apikey=KEY or the header 'Authorization: Bearer KEY'")
-        found = self._ids.get(hashlib.sha256(presented.encode()).digest())
+        hashed = hashlib.sha256(key.encode()).digest()
+        found = self._known.get(hashed)
+        if found is None:
+            found = await self._lookup(hashed)
         if found is None:
             raise Unauthorized("the API key is not valid")
         return found
 
+    async def authenticate(self, request: Request) -> str | None:
+        return (await self.caller(request)).key_id
 
-def caller_key_id(request: Request) -> str | None:
+    async def _lookup(self, hashed: bytes) -> Caller | None:
+        if self._store is None:
+            return None
+        now = time.monotonic()
+        missed = self._misses.get(hashed)
+        if missed is not None and now - missed < _MISS_TTL:
+            return None
+        record: KeyRecord | None = await asyncio.get_running_loop().run_in_executor(
+            None, self._store.find, hashed.hex()
+        )
+        if record is None or not hmac.compare_digest(key_digest_prefix(hashed), record.id):
+            if len(self._misses) > _MAX_MISSES:
+                self._misses.clear()
+            self._misses[hashed] = now
+            return None
+        return Caller(record.id, record.kind)  # not cached: a revoked key stops working at once
+
+
+def key_digest_prefix(hashed: bytes) -> str:
+    return hashed.hex()[:16]
+
+
+async def caller_key_id(request: Request) -> str | None:
     """FastAPI dependency: authenticate before the body is even validated (401 before 400)."""
     keys: ApiKeys = request.app.state.anode.api_keys
-    return keys.authenticate(request)
+    return await keys.authenticate(request)
+
+
+async def require_admin(request: Request) -> str:
+    """FastAPI dependency for management endpoints: an admin key (or an open development server)."""
+    keys: ApiKeys = request.app.state.anode.api_keys
+    caller = await keys.caller(request)
+    if keys.open:
+        return "open"
+    if caller.kind is not KeyKind.ADMIN:
+        raise Forbidden("this endpoint needs an admin key (anode keys create --admin)")
+    assert caller.key_id is not None
+    return caller.key_id
 
 
 CallerKeyId = Annotated[str | None, Depends(caller_key_id)]
+AdminKeyId = Annotated[str, Depends(require_admin)]

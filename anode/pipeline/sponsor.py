@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from anode.config import SponsorshipSettings
-from anode.errors import BundlerUnavailable, InvalidRequest
+from anode.errors import BundlerUnavailable, ConfirmationRequired, InvalidRequest, SponsorshipRefused
 from anode.paymasters.base import ValidityWindow, dummy_signature, eip191_digest
+from anode.pipeline.base import Context
 from anode.pipeline.routes import Route, RouteTable
+from anode.pipeline.runner import Pipeline, PipelineReport
 from anode.signers.base import Signer
 from anode.store.ledger import Ledger, SponsorshipRecord
 from anode.userop.codec import checksum, to_hex
@@ -44,6 +46,7 @@ class Sponsored:
     op: UserOperation
     window: ValidityWindow
     user_op_hash: bytes | None
+    report: PipelineReport | None = None
 
     @property
     def paymaster_data(self) -> bytes:
@@ -58,8 +61,13 @@ class SponsorshipService:
         signer: Signer,
         ledger: Ledger,
         settings: SponsorshipSettings,
+        pipeline: Pipeline | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        signing: bool = True,
     ) -> None:
+        self.pipeline = pipeline or Pipeline([])
+        self.signing = signing
         self.routes = routes
         self.signer = signer
         self.ledger = ledger
@@ -93,18 +101,61 @@ class SponsorshipService:
         route.paymaster.check(op)
         return route, op, self._window(request.context)
 
-    def stub(self, request: SponsorRequest) -> Sponsored:
+    async def _evaluate(
+        self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest, *, final: bool
+    ) -> tuple[Context, PipelineReport]:
+        """Run the pipeline; a block or an unconfirmed warning becomes the matching error."""
+        family = route.paymaster
+        shaped = family.attach(op, family.encode(window, dummy_signature()))
+        ctx = Context(route, shaped, request, request.api_key_id, final, shaped.max_gas_cost())
+        report = await self.pipeline.run(ctx)
+        blocked = report.blocked
+        if blocked is not None:
+            outcome = blocked.outcome
+            raise SponsorshipRefused(outcome.message, code=outcome.code, data=_with_report(outcome.data, report))
+        if report.warnings and not ctx.confirmed:
+            outcome = report.warnings[0].outcome
+            raise ConfirmationRequired(outcome.message, code=outcome.code, data=_with_report(outcome.data, report))
+        return ctx, report
+
+    async def stub(self, request: SponsorRequest) -> Sponsored:
         """Stub paymaster data: final length, a dummy signature, the same checks as the real call."""
         route, op, window = self._prepare(request)
+        _, report = await self._evaluate(route, op, window, request, final=False)
         family = route.paymaster
         stubbed = family.attach(op, family.encode(window, dummy_signature()))
-        return Sponsored(route=route, op=stubbed, window=window, user_op_hash=None)
+        return Sponsored(route=route, op=stubbed, window=window, user_op_hash=None, report=report)
 
     async def sign(self, request: SponsorRequest) -> Sponsored:
         """Signed paymaster data, recorded in the ledger before it is returned."""
         route, op, window = self._prepare(request)
         op.require_gas_fields(request.user_op)
-        return await self._sign(route, op, window, request)
+        return await self._decide_and_sign(route, op, window, request)
+
+    async def decide(self, request: SponsorRequest) -> PipelineReport:
+        """The pipeline's decision alone (nothing reserved, nothing signed): ``paymaster_signer`` disabled."""
+        route, op, window = self._prepare(request)
+        _, report = await self._evaluate(route, op, window, request, final=False)
+        return report
+
+    async def _decide_and_sign(
+        self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest
+    ) -> Sponsored:
+        op.check_gas_bounds()  # a bundler's estimate is input too
+        if not self.signing:
+            raise SponsorshipRefused(
+                "signing is disabled on this server (pipeline paymaster_signer: enabled: false); "
+                "POST /api/v1/paymaster/process answers the decision only",
+                code="ANODE_030_SIGNING_DISABLED",
+            )
+        ctx, report = await self._evaluate(route, op, window, request, final=True)
+        try:
+            sponsored = await self._sign(route, op, window, request)
+        except BaseException:
+            for undo in reversed(ctx.compensations):
+                await undo()
+            raise
+        return replace(sponsored, report=report)
 
     async def estimate_and_sign(self, request: SponsorRequest) -> Sponsored:
         """``pm_sponsorUserOperation``: estimate gas through the bundler with stub data, then sign."""
@@ -131,12 +182,11 @@ class SponsorshipService:
                 update["paymaster_verification_gas_limit"] = estimate["paymasterVerificationGasLimit"]
             if "paymasterPostOpGasLimit" in estimate:
                 update["paymaster_post_op_gas_limit"] = estimate["paymasterPostOpGasLimit"]
-        return await self._sign(route, op.model_copy(update=update), window, request)
+        return await self._decide_and_sign(route, op.model_copy(update=update), window, request)
 
     async def _sign(
         self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest
     ) -> Sponsored:
-        op.check_gas_bounds()  # a bundler's estimate is input too
         family = route.paymaster
         placeholder = family.attach(op, family.encode(window, dummy_signature()))
         sender_nonce = 0
@@ -164,3 +214,17 @@ class SponsorshipService:
             )
         )
         return Sponsored(route=route, op=final, window=window, user_op_hash=op_hash)
+
+
+def processing(report: PipelineReport) -> dict[str, Any]:
+    """The design's ``processing`` member: each module's status and duration, and the total."""
+    return {
+        "modules": [
+            {"name": m.name, "status": m.status.value, "duration": round(m.duration_ms, 3)} for m in report.modules
+        ],
+        "totalDuration": round(report.total_ms, 3),
+    }
+
+
+def _with_report(data: dict[str, Any] | None, report: PipelineReport) -> dict[str, Any]:
+    return {**(data or {}), "processing": processing(report)}

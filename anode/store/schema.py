@@ -7,6 +7,7 @@ are imported here, one line each. Their migrations branch from ``0001`` (``down_
 
 from __future__ import annotations
 
+from anode.store.api_keys import api_keys
 from anode.store.tables import metadata, sponsorships
 
-__all__ = ["metadata", "sponsorships"]
+__all__ = ["api_keys", "metadata", "sponsorships"]

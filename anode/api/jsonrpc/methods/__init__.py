@@ -11,6 +11,7 @@ from typing import Any
 
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.methods import (
+    anode_processUserOperation,
     anode_sponsorUserOperation,
     pm_getPaymasterData,
     pm_getPaymasterStubData,
@@ -26,4 +27,5 @@ METHODS: dict[str, Handler] = {
     pm_sponsorUserOperation.NAME: pm_sponsorUserOperation.handle,
     anode_sponsorUserOperation.NAME: anode_sponsorUserOperation.handle,
     pm_supportedEntryPoints.NAME: pm_supportedEntryPoints.handle,
+    anode_processUserOperation.NAME: anode_processUserOperation.handle,
 }

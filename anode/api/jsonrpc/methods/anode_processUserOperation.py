@@ -1,0 +1,20 @@
+"""``anode_processUserOperation [userOp, entryPoint, chainId?, context?]``: the REST ``/process`` call
+over JSON-RPC — module verdicts and timings, then the signed data or the confirmation to give."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anode.api import process as flow
+from anode.api.jsonrpc.context import CallContext
+from anode.api.jsonrpc.params import CONTEXT, ENTRY_POINT, USER_OP, Param, bind
+from anode.pipeline.sponsor import SponsorRequest
+
+NAME = "anode_processUserOperation"
+PARAMS = (USER_OP, ENTRY_POINT, Param("chainId", required=False, kinds=(str, int)), CONTEXT)
+
+
+async def handle(params: Any, ctx: CallContext) -> dict[str, Any]:
+    p = bind(NAME, params, PARAMS)
+    request = SponsorRequest(p["userOp"], p["entryPoint"], p["chainId"], p["context"], NAME, ctx.api_key_id)
+    return await flow.process(ctx.service, request)

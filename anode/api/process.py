@@ -1,0 +1,41 @@
+"""The design's comprehensive call, shared by REST ``/api/v1/paymaster/process`` and JSON-RPC
+``anode_processUserOperation``: every module's verdict and timing, then the signed data, or the
+confirmation the user must give, or (signing disabled) the decision alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anode.api.jsonrpc.results import gas_fields, paymaster_fields, signed_extras
+from anode.errors import ConfirmationRequired
+from anode.pipeline.sponsor import SponsorRequest, SponsorshipService, processing
+
+
+async def process(service: SponsorshipService, request: SponsorRequest) -> dict[str, Any]:
+    if not service.signing:
+        report = await service.decide(request)
+        return {"status": "approved", "processing": processing(report)}
+    try:
+        has_gas = isinstance(request.user_op, dict) and "callGasLimit" in request.user_op
+        route = service.routes.resolve(request.entry_point, request.chain_id)
+        if has_gas or route.bundler is None:
+            result = await service.sign(request)
+        else:
+            result = await service.estimate_and_sign(request)
+    except ConfirmationRequired as exc:
+        data = dict(exc.data or {})
+        return {
+            "status": "requires_confirmation",
+            "requiresConfirmation": True,
+            "confirmationToken": data.pop("confirmationToken", None),
+            "securityWarning": data.pop("securityWarning", {"message": exc.message}),
+            "processing": data.pop("processing", None),
+        }
+    assert result.report is not None
+    return {
+        "status": "sponsored",
+        **gas_fields(result),
+        **paymaster_fields(result),
+        **signed_extras(result),
+        "processing": processing(result.report),
+    }

@@ -1,0 +1,261 @@
+"""The pipeline as a client meets it: module order and concurrency, blocks and warnings on every
+way in (ERC-7677, REST), /process reports, compensations when signing fails, API key kinds.
+
+The modules here are test doubles registered under test names (``tests/pipeline/fakes.py``); the
+real modules have their own suites. No chain is needed: v0.7 paymaster data needs no node.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from anode.api.app import create_app
+from anode.config import validate_settings
+from anode.errors import ConfigError, SignerUnavailable
+from anode.pipeline import registry
+from anode.signers.base import SignedDigest
+from anode.wiring import Anode, build
+from tests.pipeline import fakes
+
+EP07 = "0x0000000071727De22E5E9d8BAf0edAc6f37da032"
+PM07 = "0x0707070707070707070707070707070707070707"
+PROJECT_KEY = "project-key-1"
+ADMIN_KEY = "admin-key-1"
+OP = {
+    "sender": "0x" + "a1" * 20,
+    "nonce": "0x1",
+    "callData": "0x",
+    "callGasLimit": "0x10000",
+    "verificationGasLimit": "0x10000",
+    "preVerificationGas": "0x5000",
+    "maxFeePerGas": "0x3b9aca00",
+    "maxPriorityFeePerGas": "0x1",
+}
+
+
+@pytest.fixture(autouse=True)
+def fake_modules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    fakes.reset()
+    for name in ("check_a", "check_b", "policy_a", "policy_b"):
+        monkeypatch.setitem(registry.MODULES, name, "tests.pipeline.fakes")
+    yield
+    fakes.reset()
+
+
+@pytest.fixture
+def dead_node() -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def tree(tmp_path: Path, node: str, modules: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "database_url": f"sqlite:///{tmp_path / 'anode.db'}",
+        "signer": {"type": "local", "private_key": "0x" + "5a" * 32},
+        "auth": {"api_keys": [PROJECT_KEY], "admin_keys": [ADMIN_KEY]},
+        "chains": [
+            {
+                "chain_id": 31337,
+                "rpc_url": node,
+                "paymasters": [{"entry_point": EP07, "address": PM07, "contract": "verifying"}],
+            }
+        ],
+        "pipeline": {"modules": modules},
+    }
+
+
+def module(name: str, **config: Any) -> dict[str, Any]:
+    return {"name": name, "config": {"name": name, **config}}
+
+
+@pytest.fixture
+async def make_client(tmp_path: Path, dead_node: str) -> AsyncIterator[Any]:
+    anodes: list[Anode] = []
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(modules: list[dict[str, Any]]) -> tuple[httpx.AsyncClient, Anode]:
+        anode = build(validate_settings(tree(tmp_path, dead_node, modules)))
+        app = create_app(anode, manage_lifecycle=False)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://anode")
+        anodes.append(anode)
+        clients.append(client)
+        return client, anode
+
+    yield make
+    for client in clients:
+        await client.aclose()
+    for anode in anodes:
+        await anode.aclose()
+
+
+async def rpc(client: httpx.AsyncClient, method: str, params: list[Any], key: str = PROJECT_KEY) -> Any:
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    return (await client.post("/api/v1/rpc", json=body, headers={"authorization": f"Bearer {key}"})).json()
+
+
+SIGN = {"name": "paymaster_signer"}
+
+
+async def test_checks_run_concurrently_and_policies_after_them(make_client: Any) -> None:
+    # check_a waits for an event only check_b sets: run one after the other, check_a would time out.
+    client, _ = await make_client(
+        [
+            module("check_a", wait_for="b-ran"),
+            module("check_b", release="b-ran"),
+            module("policy_a", stage="policy"),
+            SIGN,
+        ]
+    )
+    reply = await rpc(client, "pm_getPaymasterData", [OP, EP07, "0x7a69", {}])
+    assert "result" in reply, reply
+    assert [seen["name"] for seen in fakes.SEEN][-1] == "policy_a"
+    assert {seen["name"] for seen in fakes.SEEN[:2]} == {"check_a", "check_b"}
+    assert all(seen["final"] for seen in fakes.SEEN) and fakes.SEEN[0]["max_gas_cost"] > 0
+
+
+async def test_a_block_is_the_same_decision_on_every_way_in(make_client: Any) -> None:
+    client, _ = await make_client(
+        [module("check_a", verdict="block", code="ANODE_001_SBT_NOT_FOUND", message="no SBT"), SIGN]
+    )
+    for method in ("pm_getPaymasterStubData", "pm_getPaymasterData"):
+        reply = await rpc(client, method, [OP, EP07, "0x7a69", {}])
+        assert reply["error"]["code"] == -32501
+        assert reply["error"]["data"]["anodeCode"] == "ANODE_001_SBT_NOT_FOUND"
+        assert reply["error"]["message"] == "no SBT"
+    body = {"userOperation": OP, "entryPoint": EP07, "chainId": 31337}
+    for path in ("/api/v1/paymaster/sponsor", "/api/v1/paymaster/process"):
+        response = await client.post(path, json=body, headers={"authorization": f"Bearer {PROJECT_KEY}"})
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "ANODE_001_SBT_NOT_FOUND"
+        assert response.json()["error"]["details"]["processing"]["modules"][0]["status"] == "block"
+    assert (await client.get("/api/v1/operations", headers={"authorization": f"Bearer {PROJECT_KEY}"})).json()[
+        "count"
+    ] == 0
+
+
+async def test_stub_calls_run_checks_but_reserve_nothing(make_client: Any) -> None:
+    client, _ = await make_client([module("policy_a", stage="policy", reserve=True), SIGN])
+    assert "result" in await rpc(client, "pm_getPaymasterStubData", [OP, EP07, "0x7a69", {}])
+    assert fakes.SEEN[0]["final"] is False
+
+
+async def test_a_disabled_module_is_skipped(make_client: Any) -> None:
+    client, _ = await make_client([{**module("check_a", verdict="block"), "enabled": False}, SIGN])
+    assert "result" in await rpc(client, "pm_getPaymasterData", [OP, EP07, "0x7a69", {}])
+    assert fakes.SEEN == []
+
+
+def test_an_unknown_module_name_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"pipeline.modules\[0\]: unknown module 'sbt_validatr'"):
+        build(validate_settings(tree(tmp_path, "http://127.0.0.1:1", [{"name": "sbt_validatr", "enabled": False}])))
+
+
+def test_bad_module_config_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"pipeline.modules\[0\] \(check_a\).config.verdict"):
+        build(validate_settings(tree(tmp_path, "http://127.0.0.1:1", [module("check_a", verdict="maybe")])))
+
+
+async def test_a_warning_asks_for_confirmation(make_client: Any) -> None:
+    client, _ = await make_client([module("check_a", verdict="warning", code="ANODE_021_CONFIRMATION_REQUIRED"), SIGN])
+    body = {"userOperation": OP, "entryPoint": EP07, "chainId": 31337}
+    response = await client.post(
+        "/api/v1/paymaster/process", json=body, headers={"authorization": f"Bearer {PROJECT_KEY}"}
+    )
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["status"] == "requires_confirmation" and answer["requiresConfirmation"] is True
+    assert answer["confirmationToken"] == "tok-123" and answer["securityWarning"]["riskScore"] == 50
+    reply = await rpc(client, "pm_getPaymasterData", [OP, EP07, "0x7a69", {}])
+    assert reply["error"]["data"]["anodeCode"] == "ANODE_021_CONFIRMATION_REQUIRED"
+    assert reply["error"]["data"]["confirmationToken"] == "tok-123"
+
+
+async def test_process_reports_every_module_and_signs(make_client: Any) -> None:
+    client, _ = await make_client([module("check_a"), module("policy_a", stage="policy"), SIGN])
+    body = {"userOperation": OP, "entryPoint": EP07, "chainId": 31337}
+    answer = (
+        await client.post("/api/v1/paymaster/process", json=body, headers={"authorization": f"Bearer {PROJECT_KEY}"})
+    ).json()
+    assert answer["status"] == "sponsored" and answer["paymasterData"].startswith("0x")
+    assert [m["name"] for m in answer["processing"]["modules"]] == ["check_a", "policy_a"]
+    assert all(m["status"] == "continue" and m["duration"] >= 0 for m in answer["processing"]["modules"])
+    rpc_answer = await rpc(client, "anode_processUserOperation", [OP, EP07, "0x7a69", {}])
+    assert rpc_answer["result"]["status"] == "sponsored"
+
+
+async def test_signing_disabled_answers_the_decision_only(make_client: Any) -> None:
+    client, _ = await make_client([module("check_a"), {"name": "paymaster_signer", "enabled": False}])
+    body = {"userOperation": OP, "entryPoint": EP07, "chainId": 31337}
+    answer = (
+        await client.post("/api/v1/paymaster/process", json=body, headers={"authorization": f"Bearer {PROJECT_KEY}"})
+    ).json()
+    assert answer["status"] == "approved" and "paymasterData" not in answer
+    reply = await rpc(client, "pm_getPaymasterData", [OP, EP07, "0x7a69", {}])
+    assert reply["error"]["data"]["anodeCode"] == "ANODE_030_SIGNING_DISABLED"
+
+
+class BrokenSigner:
+    backend = "broken"
+    address = "0x" + "00" * 20
+
+    async def unsafe_sign_hash(self, digest: bytes) -> SignedDigest:
+        raise SignerUnavailable("the signer is down")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_reservations_are_released_when_signing_fails(make_client: Any) -> None:
+    client, anode = await make_client([module("policy_a", stage="policy", reserve=True), SIGN])
+    anode.service.signer = BrokenSigner()
+    reply = await rpc(client, "pm_getPaymasterData", [OP, EP07, "0x7a69", {}])
+    assert reply["error"]["data"]["anodeCode"] == "ANODE_SIGNER_UNAVAILABLE"
+    assert fakes.UNDONE == ["policy_a"]
+
+
+async def test_admin_endpoints_need_an_admin_key(make_client: Any) -> None:
+    client, _ = await make_client([SIGN])
+    made = await client.post("/api/v1/keys", json={"name": "ci"}, headers={"authorization": f"Bearer {PROJECT_KEY}"})
+    assert made.status_code == 403 and made.json()["error"]["code"] == "ANODE_FORBIDDEN"
+    made = await client.post("/api/v1/keys", json={"name": "ci"}, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert made.status_code == 201
+    new_key = made.json()["key"]
+    assert "result" in await rpc(client, "pm_getPaymasterStubData", [OP, EP07, "0x7a69", {}], key=new_key)
+    listed = (await client.get("/api/v1/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"})).json()["keys"]
+    assert [k["name"] for k in listed] == ["ci"] and "key" not in listed[0]
+    revoked = await client.delete(f"/api/v1/keys/{made.json()['id']}", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    assert revoked.status_code == 200
+    reply = await client.post(
+        "/api/v1/rpc",
+        json={"jsonrpc": "2.0", "id": 1, "method": "pm_supportedEntryPoints", "params": []},
+        headers={"authorization": f"Bearer {new_key}"},
+    )
+    assert reply.status_code == 401
+
+
+def test_cli_makes_keys_that_the_server_accepts(tmp_path: Path, dead_node: str) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tree(tmp_path, dead_node, [SIGN])))
+    made = subprocess.run(
+        [sys.executable, "-m", "anode.cli", "keys", "create", "--admin", "--name", "ops", "--config", str(config)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    plaintext = made.stdout.strip().splitlines()[-1]
+    assert plaintext.startswith("anode_") and "admin key" in made.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "anode.cli", "keys", "list", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "admin" in listed.stdout and plaintext not in listed.stdout
