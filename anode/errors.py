@@ -5,6 +5,7 @@
     │   ├── UnsupportedChain           chainId not served                      -32602 / 400
     │   └── UnsupportedEntryPoint      entryPoint not served on that chain     -32602 / 400
     ├── MethodNotFound                 unknown JSON-RPC method                 -32601 / 404
+    ├── ModuleNotConfigured            endpoint of a module not configured     -32601 / 404
     ├── Unauthorized                   missing or wrong API key                -32001 / 401
     ├── Forbidden                      valid key, not allowed (admin only)     -32001 / 403
     ├── SponsorshipRefused             aNode will not pay for this operation   -32501 / 403
@@ -65,6 +66,14 @@ class UnsupportedEntryPoint(InvalidRequest):
 
 class MethodNotFound(AnodeError):
     code = "ANODE_METHOD_NOT_FOUND"
+    rpc_code = -32601
+    http_status = 404
+
+
+class ModuleNotConfigured(AnodeError):
+    """An endpoint whose pipeline module is not configured (or is disabled)."""
+
+    code = "ANODE_MODULE_NOT_CONFIGURED"
     rpc_code = -32601
     http_status = 404
 

@@ -121,7 +121,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Anode:
         if settings.redis_url is not None:
             from redis.asyncio import Redis
 
-            redis = Redis.from_url(settings.redis_url)
+            redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
         deps = Dependencies(settings=settings, engine=engine, cache=_cache(redis), redis=redis)
         modules, signing = build_modules(settings.pipeline.modules, deps)
     service = SponsorshipService(table, signer, ledger, settings.sponsorship, Pipeline(modules), signing=signing)

@@ -1,0 +1,1 @@
+"""Solidity contracts written for the tests, compiled at test time (``solidity.py``)."""
