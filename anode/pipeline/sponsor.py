@@ -108,8 +108,14 @@ class SponsorshipService:
         family = route.paymaster
         shaped = family.attach(op, family.encode(window, dummy_signature()))
         ctx = Context(route, shaped, request, request.api_key_id, final, shaped.max_gas_cost())
-        report = await self.pipeline.run(ctx)
+        try:
+            report = await self.pipeline.run(ctx)
+        except BaseException:
+            await _undo(ctx)
+            raise
         blocked = report.blocked
+        if blocked is not None or (report.warnings and not ctx.confirmed):
+            await _undo(ctx)  # e.g. give a redeemed confirmation token back: nothing will be signed
         if blocked is not None:
             outcome = blocked.outcome
             raise SponsorshipRefused(outcome.message, code=outcome.code, data=_with_report(outcome.data, report))
@@ -152,8 +158,7 @@ class SponsorshipService:
         try:
             sponsored = await self._sign(route, op, window, request)
         except BaseException:
-            for undo in reversed(ctx.compensations):
-                await undo()
+            await _undo(ctx)
             raise
         return replace(sponsored, report=report)
 
@@ -228,3 +233,10 @@ def processing(report: PipelineReport) -> dict[str, Any]:
 
 def _with_report(data: dict[str, Any] | None, report: PipelineReport) -> dict[str, Any]:
     return {**(data or {}), "processing": processing(report)}
+
+
+async def _undo(ctx: Context) -> None:
+    """Run the modules' compensations (release reservations, return tokens), newest first, once."""
+    for undo in reversed(ctx.compensations):
+        await undo()
+    ctx.compensations.clear()

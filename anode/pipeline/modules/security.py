@@ -1,0 +1,273 @@
+"""``security_filter``: decode what the operation does, score its risk, block or ask the user to confirm.
+
+    - name: security_filter
+      config:
+        block_threshold: 80             # score at or above: refused (ANODE_020_SECURITY_BLOCKED)
+        confirm_threshold: 40           # score at or above: the user must confirm (ANODE_021_CONFIRMATION_REQUIRED)
+        blacklist_contracts: ["0x…"]    # a call to (or an approval for) one of these scores 100
+        verified_contracts: ["0x…"]     # vouched for: no unverified/age/no-code factors, trusted spenders
+        recent_deployment_blocks: 7200  # younger contracts count as "recent"
+        large_value_wei: "1000000000000000000"
+        confirmation_ttl: 600           # seconds a confirmation token lasts
+        cache_ttl: 300                  # seconds "has code" answers are reused
+        weights: {unverified_contract: 10}   # override any factor's weight (docs/security.md)
+
+The decoded calls go to ``ctx.facts["calls"]`` (for the policy engine) whatever the verdict.
+
+Confirmation: a score in the warning band answers a warning carrying a fresh ``confirmationToken``
+— for stubs as well as final calls, so a wallet learns at ``pm_getPaymasterStubData`` time that
+the user must confirm, and gets the token it needs to go on. The same operation sent again with
+``context.confirmationToken`` proceeds: stubs only check the token, final calls redeem it (once;
+undone if the operation is not signed after all). A token that is unknown, used, expired, or was
+issued for another operation or API key is refused with ``ANODE_022_CONFIRMATION_INVALID``.
+A token never overrides a block, and is ignored (not spent) when no confirmation is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from anode.errors import InvalidRequest
+from anode.pipeline.base import Context, Outcome
+from anode.pipeline.deps import Dependencies, TTLCache
+from anode.pipeline.modules._config import Wei
+from anode.pipeline.security.decode import checksum, decode_call_data
+from anode.pipeline.security.deployment import ContractInspector, NodeReader
+from anode.pipeline.security.score import Assessment, Factor, Rules, assess, targets_to_inspect
+from anode.store.confirmations import ConfirmationStore, Redemption, SqlConfirmationStore
+from anode.userop.codec import parse_address, to_hex
+from anode.userop.hashing import keccak, word
+from anode.userop.models import UserOperation
+
+NAME = "security_filter"
+BLOCKED = "ANODE_020_SECURITY_BLOCKED"
+CONFIRMATION_REQUIRED = "ANODE_021_CONFIRMATION_REQUIRED"
+CONFIRMATION_INVALID = "ANODE_022_CONFIRMATION_INVALID"
+TOKEN_FIELD = "confirmationToken"
+#: distinct call targets read from the chain per operation; a longer batch counts as opaque beyond it
+MAX_INSPECTED_TARGETS = 32
+_DIGEST_TAG = b"anode.confirmation.v1"
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    block_threshold: int = Field(80, ge=1, le=100)
+    confirm_threshold: int = Field(40, ge=1, le=100)
+    blacklist_contracts: list[str] = Field(default_factory=list)
+    verified_contracts: list[str] = Field(default_factory=list)
+    recent_deployment_blocks: int = Field(7_200, ge=0)
+    large_value_wei: Wei = 10**18
+    confirmation_ttl: int = Field(600, ge=10, le=86_400)
+    cache_ttl: float = Field(300, ge=0)
+    weights: dict[Factor, int] = Field(default_factory=dict)
+
+    @field_validator("blacklist_contracts", "verified_contracts")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_address(value)
+        return values
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, values: dict[Factor, int]) -> dict[Factor, int]:
+        for factor, weight in values.items():
+            if not 0 <= weight <= 100:
+                raise ValueError(f"weights.{factor.value} must be from 0 to 100")
+        return values
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> Config:
+        if self.confirm_threshold > self.block_threshold:
+            raise ValueError("confirm_threshold must not be above block_threshold")
+        return self
+
+    def rules(self) -> Rules:
+        return Rules(
+            block_threshold=self.block_threshold,
+            confirm_threshold=self.confirm_threshold,
+            blacklist=frozenset(address.lower() for address in self.blacklist_contracts),
+            verified=frozenset(address.lower() for address in self.verified_contracts),
+            recent_deployment_blocks=self.recent_deployment_blocks,
+            large_value_wei=self.large_value_wei,
+            weights=dict(self.weights),
+        )
+
+
+def confirmation_digest(op: UserOperation, chain_id: int, entry_point: bytes) -> str:
+    """What a confirmation is bound to: the action, not its price.
+
+    ``keccak(tag ‖ chainId ‖ entryPoint ‖ sender ‖ nonce ‖ keccak(initCode) ‖ keccak(callData))``.
+    Gas limits and fees (they change between stub and final data) and paymaster fields (aNode's
+    own) are left out; the signature is not there yet.
+    """
+    return to_hex(
+        keccak(
+            _DIGEST_TAG
+            + word(chain_id)
+            + entry_point
+            + op.sender
+            + word(op.nonce)
+            + keccak(op.init_code)
+            + keccak(op.call_data)
+        )
+    )
+
+
+class Assessor:
+    """Decode, read the targets from the chain (cached), score: the module's and ``/security/assess``'s core."""
+
+    def __init__(self, config: Config, cache: TTLCache) -> None:
+        self.config = config
+        self.rules = config.rules()
+        self._cache = cache
+
+    async def assess(self, node: NodeReader, chain_id: int, sender: bytes, call_data: bytes) -> Assessment:
+        decoded = decode_call_data(sender, call_data)
+        account = checksum(sender)
+        targets = targets_to_inspect(decoded, account, self.rules)
+        inspector = ContractInspector(
+            node,
+            chain_id,
+            self._cache,
+            recent_blocks=self.config.recent_deployment_blocks,
+            code_ttl=self.config.cache_ttl,
+        )
+        inspected = targets[:MAX_INSPECTED_TARGETS]
+        if len(inspected) == 1:  # the usual case: no tasks to schedule
+            facts = [await inspector.inspect(inspected[0])]
+        else:
+            facts = await asyncio.gather(*(inspector.inspect(t) for t in inspected))
+        skipped = max(0, len(targets) - MAX_INSPECTED_TARGETS)
+        return assess(decoded, account, facts, self.rules, uninspected=skipped)
+
+
+def assessment_json(assessment: Assessment) -> dict[str, Any]:
+    """The design's assessment shape (``POST /api/v1/security/assess``, warnings, blocks)."""
+    primary = assessment.calls[0].target if assessment.calls else None
+    facts = {fact.address: fact for fact in assessment.targets}
+    target: dict[str, Any] | None = None
+    if primary is not None:
+        fact = facts.get(primary)
+        target = {"address": primary, "hasCode": fact.has_code if fact else None}
+        if fact is not None and fact.deployment_block is not None:
+            target |= {"deploymentBlock": fact.deployment_block, "deploymentAgeBlocks": fact.age_blocks}
+    return {
+        "riskLevel": assessment.level,
+        "riskScore": assessment.score,
+        "decision": assessment.decision,
+        "targetContract": target,
+        "riskFactors": [factor.to_json() for factor in assessment.factors],
+        "recommendations": assessment.recommendations,
+        "calls": [
+            {"target": c.target, "value": str(c.value), "selector": c.selector, "kind": c.kind}
+            for c in assessment.calls
+        ],
+        "layout": assessment.decoded.layout.value,
+    }
+
+
+_INVALID = {
+    Redemption.UNKNOWN: "is not a token this server issued (mistyped, or pruned long after it expired)",
+    Redemption.OTHER_KEY: "was issued to another API key",
+    Redemption.OTHER_OPERATION: (
+        "confirms a different operation (its sender, nonce, callData, initCode, chain or EntryPoint differ)"
+    ),
+    Redemption.REUSED: "was already used: a confirmation covers one signature",
+    Redemption.EXPIRED: "has expired",
+}
+
+
+class SecurityFilter:
+    name: str = NAME
+    stage: Literal["check", "policy"] = "check"
+
+    def __init__(self, config: Config, cache: TTLCache, confirmations: ConfirmationStore) -> None:
+        self.config = config
+        self.assessor = Assessor(config, cache)
+        self.confirmations = confirmations
+
+    async def run(self, ctx: Context) -> Outcome:
+        assessment = await self.assessor.assess(ctx.route.chain, ctx.chain_id, ctx.op.sender, ctx.op.call_data)
+        ctx.facts["calls"] = list(assessment.calls)
+        ctx.facts["security"] = assessment
+        score = assessment.score
+        if assessment.decision == "allow":
+            return Outcome.proceed({"riskScore": score, "riskLevel": assessment.level})
+        summary = assessment_json(assessment)
+        if assessment.decision == "block":
+            return Outcome.block(
+                BLOCKED,
+                f"the security filter refuses this operation (risk {score}/100, blocked at "
+                f"{self.config.block_threshold}): {assessment.message}",
+                {"securityAssessment": summary},
+            )
+        token = _token(ctx.request.context)
+        digest = confirmation_digest(ctx.op, ctx.chain_id, ctx.route.entry_point)
+        if token is not None:
+            if ctx.final:
+                status = await self.confirmations.redeem(token, digest, ctx.api_key_id)
+            else:
+                status = await self.confirmations.check(token, digest, ctx.api_key_id)
+            if status is not Redemption.OK:
+                return Outcome.block(
+                    CONFIRMATION_INVALID,
+                    f"context.{TOKEN_FIELD} {_INVALID[status]}; send the operation without it to get a new one",
+                    {"reason": status.value},
+                )
+            if ctx.final:
+                store = self.confirmations
+
+                async def release() -> None:
+                    await store.release(token)
+
+                ctx.compensations.append(release)
+            ctx.confirmed = True
+            return Outcome.proceed({"riskScore": score, "riskLevel": assessment.level, "confirmed": True})
+        issued = await self.confirmations.issue(
+            digest,
+            ctx.api_key_id,
+            {"chainId": ctx.chain_id, "sender": ctx.sender, "riskScore": score, "riskFactors": summary["riskFactors"]},
+            ttl=self.config.confirmation_ttl,
+        )
+        message = (
+            f"this operation needs the user's confirmation (risk {score}/100, confirmation asked from "
+            f"{self.config.confirm_threshold}): "
+            f"{assessment.message}"
+        )
+        return Outcome.warning(
+            CONFIRMATION_REQUIRED,
+            f"{message}; to go ahead, send the same operation again with context.{TOKEN_FIELD}",
+            {
+                "requiresConfirmation": True,
+                TOKEN_FIELD: issued.token,
+                "confirmationExpiresAt": int(issued.expires_at),
+                "securityWarning": {
+                    "level": "warning",
+                    "riskLevel": assessment.level,
+                    "riskScore": score,
+                    "riskFactors": summary["riskFactors"],
+                    "message": message,
+                    "recommendations": assessment.recommendations,
+                },
+            },
+        )
+
+
+def _token(context: Any) -> str | None:
+    if not isinstance(context, dict) or context.get(TOKEN_FIELD) is None:
+        return None
+    token = context[TOKEN_FIELD]
+    if not isinstance(token, str) or not token:
+        raise InvalidRequest(
+            f"context.{TOKEN_FIELD} must be the token string a warning gave", field=f"context.{TOKEN_FIELD}"
+        )
+    return token
+
+
+def create(config: Config, deps: Dependencies) -> SecurityFilter:
+    return SecurityFilter(config, deps.cache, SqlConfirmationStore(deps.engine, clock=deps.clock))
