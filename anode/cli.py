@@ -23,6 +23,8 @@ def serve_settings(settings: Settings, host: str | None, port: int | None) -> No
     from anode.wiring import build
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request URL at INFO; node and bundler URLs often carry provider keys
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(build(settings))
     uvicorn.run(
         app,
@@ -96,6 +98,52 @@ def _keys_revoke(args: argparse.Namespace) -> None:
     print(f"revoked {args.id}")
 
 
+def _keys_address(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from anode.signers.registry import build_signer
+
+    signer = build_signer(_settings(args).signer)
+    print(signer.address)
+    asyncio.run(signer.aclose())
+
+
+def _keys_generate(args: argparse.Namespace) -> None:
+    settings = _settings(args).signer
+    if settings.type == "aws_kms":
+        from anode.signers import aws_kms
+
+        key_id, address = aws_kms.generate_key(settings)  # type: ignore[arg-type]
+        print(f"created KMS key {key_id}: {address}")
+    elif settings.type == "pkcs11":
+        from anode.signers import pkcs11
+
+        print(f"created a non-extractable key on the token: {pkcs11.generate_key(settings)}")  # type: ignore[arg-type]
+    elif settings.type == "keystore":
+        _generate_keystore(settings)
+    else:
+        raise ConfigError(f"anode keys generate supports aws_kms, pkcs11 and keystore, not {settings.type}")
+
+
+def _generate_keystore(settings: object) -> None:
+    import secrets
+
+    import orjson
+    from eth_account import Account
+
+    from anode.signers.keystore import Settings as KeystoreSettings
+    from anode.signers.keystore import read_password
+
+    assert isinstance(settings, KeystoreSettings)
+    if settings.keystore_path.exists():
+        raise ConfigError(f"{settings.keystore_path} exists: refusing to overwrite a key")
+    account = Account.from_key(secrets.token_bytes(32))
+    document = Account.encrypt(account.key, read_password(settings))
+    settings.keystore_path.write_bytes(orjson.dumps(document))
+    settings.keystore_path.chmod(0o600)
+    print(f"created keystore {settings.keystore_path}: {account.address}")
+
+
 def _db_upgrade(args: argparse.Namespace) -> None:
     from anode.store.database import create_engine, upgrade
 
@@ -141,6 +189,13 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     revoke.add_argument("--config")
     revoke.set_defaults(run=_keys_revoke)
+
+    address = keys.add_parser("address", help="print the configured signer's address")
+    address.add_argument("--config")
+    address.set_defaults(run=_keys_address)
+    generate = keys.add_parser("generate", help="create a key in the configured backend (keystore, aws_kms, pkcs11)")
+    generate.add_argument("--config")
+    generate.set_defaults(run=_keys_generate)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     db_upgrade = db.add_parser("upgrade", help="apply migrations (serve does this at start-up too)")

@@ -20,7 +20,7 @@ from anode.pipeline.runner import Pipeline
 from anode.pipeline.selfcheck import verified_family
 from anode.pipeline.sponsor import SponsorshipService
 from anode.signers.base import Signer
-from anode.signers.registry import build_signer
+from anode.signers.registry import IN_MEMORY_BACKENDS, build_signer, check_production
 from anode.store.api_keys import SqlApiKeys
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import Ledger, SqlLedger
@@ -69,11 +69,15 @@ class Anode:
                 "NO API KEYS CONFIGURED: anyone who can reach this server can spend the paymaster deposit "
                 "(set auth.api_keys)"
             )
-        if self.signer.backend == "local" and self.settings.environment == "production":
-            log.warning("a local (in-process, plain-text) key signs in production")
+        if self.signer.backend in IN_MEMORY_BACKENDS and self.settings.environment == "production":
+            log.warning("a %s key (plain form, in process memory) signs in production", self.signer.backend)
         log.info("aNode signing as %s (%s)", self.signer.address, self.signer.backend)
 
     async def aclose(self) -> None:
+        for module in (*self.service.pipeline.checks, *self.service.pipeline.policies):
+            close = getattr(module, "aclose", None)
+            if close is not None:
+                await close()
         for client in self.clients:
             await client.aclose()
         await self.ledger.aclose()
@@ -83,6 +87,7 @@ class Anode:
 
 
 def build(settings: Settings, *, migrate: bool = True) -> Anode:
+    check_production(settings.signer, settings.environment)
     signer = build_signer(settings.signer)
     engine = create_engine(settings.database_url)
     if migrate:
@@ -119,9 +124,12 @@ def build(settings: Settings, *, migrate: bool = True) -> Anode:
     if any(e.enabled and e.name != SIGNING_STEP for e in settings.pipeline.modules):
         redis = None
         if settings.redis_url is not None:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
 
-            redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            pool = BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=64, timeout=2.0, socket_timeout=1.0, socket_connect_timeout=1.0
+            )
+            redis = Redis(connection_pool=pool)
         deps = Dependencies(settings=settings, engine=engine, cache=_cache(redis), redis=redis)
         modules, signing = build_modules(settings.pipeline.modules, deps)
     service = SponsorshipService(table, signer, ledger, settings.sponsorship, Pipeline(modules), signing=signing)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from anode.api import errors
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.dispatch import dispatch
-from anode.api.rest import health, keys, operations, paymaster, process, security, validation
+from anode.api.rest import health, keys, operations, paymaster, policies, process, security, validation
 from anode.errors import AnodeError, Unauthorized
 from anode.wiring import Anode
 
@@ -80,6 +80,7 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(validation.router)
     app.include_router(security.router)
+    app.include_router(policies.router)
     app.include_router(operations.router)
     app.include_router(health.router)
     app.add_exception_handler(AnodeError, errors.anode_error_handler)

@@ -21,6 +21,8 @@ from anode.pipeline.deps import Dependencies
 MODULES: dict[str, str] = {
     "sbt_validator": "anode.pipeline.modules.sbt",
     "pnt_balance_validator": "anode.pipeline.modules.pnt",
+    "security_filter": "anode.pipeline.modules.security",
+    "policy_engine": "anode.pipeline.modules.policy_engine",
 }
 
 SIGNING_STEP = "paymaster_signer"

@@ -9,6 +9,7 @@ shapes, the paymaster family knows byte layouts, the signer holds the key.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ from anode.store.ledger import Ledger, SponsorshipRecord
 from anode.userop.codec import checksum, to_hex
 from anode.userop.hashing import user_op_hash
 from anode.userop.models import UserOperation, UserOperationV06, UserOperationV07, parse_user_op
+
+log = logging.getLogger("anode.sponsor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,5 +241,8 @@ def _with_report(data: dict[str, Any] | None, report: PipelineReport) -> dict[st
 async def _undo(ctx: Context) -> None:
     """Run the modules' compensations (release reservations, return tokens), newest first, once."""
     for undo in reversed(ctx.compensations):
-        await undo()
+        try:
+            await undo()
+        except Exception:
+            log.exception("a compensation failed (it can only over-count); running the others")
     ctx.compensations.clear()

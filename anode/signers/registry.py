@@ -28,6 +28,10 @@ class SignerSettingsBase(BaseModel):
 
     type: str
 
+    #: backends that hold a plain key in process memory (local, mnemonic) refuse to start in
+    #: ``environment: production`` unless this is set
+    allow_in_production: bool = False
+
     def __repr_args__(self) -> Any:  # never print backend fields (hosts, tokens, paths)
         return [("type", self.type)]
 
@@ -36,6 +40,12 @@ class SignerSettingsBase(BaseModel):
 BACKENDS: dict[str, str] = {
     "local": "anode.signers.local",
     "keystore": "anode.signers.keystore",
+    "mnemonic": "anode.signers.mnemonic",
+    "aws_kms": "anode.signers.aws_kms",
+    "pkcs11": "anode.signers.pkcs11",
+    "remote": "anode.signers.remote",
+    "cloudflare_secrets": "anode.signers.cloudflare_secrets",
+    "hashicorp_vault": "anode.signers.vault",
 }
 
 ENTRY_POINT_GROUP = "anode.signers"
@@ -72,6 +82,19 @@ def signer_settings(raw: Any, where: str = "signer") -> SignerSettingsBase:
         field = ".".join(str(part) for part in error["loc"])
         message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{where}.{field}: {message}" if field else f"{where}: {message}") from None
+
+
+#: backends whose key sits in plain form in process memory or configuration
+IN_MEMORY_BACKENDS = frozenset({"local", "mnemonic"})
+
+
+def check_production(settings: SignerSettingsBase, environment: str) -> None:
+    if environment == "production" and settings.type in IN_MEMORY_BACKENDS and not settings.allow_in_production:
+        raise ConfigError(
+            f"signer.type {settings.type} keeps the key in plain form in memory and config: refused in "
+            "environment: production. Use aws_kms, pkcs11, remote or keystore, or set "
+            "signer.allow_in_production: true if you accept the risk"
+        )
 
 
 def build_signer(settings: SignerSettingsBase) -> Signer:

@@ -7,7 +7,16 @@ are imported here, one line each. Their migrations branch from ``0001`` (``down_
 
 from __future__ import annotations
 
+from anode.policy.tables import policies, policy_usage
 from anode.store.api_keys import api_keys
+from anode.store.confirmations import confirmations
 from anode.store.tables import metadata, sponsorships
 
-__all__ = ["api_keys", "metadata", "sponsorships"]
+__all__ = [
+    "api_keys",
+    "confirmations",
+    "metadata",
+    "policies",
+    "policy_usage",
+    "sponsorships",
+]

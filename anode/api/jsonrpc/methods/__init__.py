@@ -17,6 +17,7 @@ from anode.api.jsonrpc.methods import (
     pm_getPaymasterStubData,
     pm_sponsorUserOperation,
     pm_supportedEntryPoints,
+    pm_validateSponsorshipPolicies,
 )
 
 Handler = Callable[[Any, CallContext], Awaitable[Any]]
@@ -28,4 +29,5 @@ METHODS: dict[str, Handler] = {
     anode_sponsorUserOperation.NAME: anode_sponsorUserOperation.handle,
     pm_supportedEntryPoints.NAME: pm_supportedEntryPoints.handle,
     anode_processUserOperation.NAME: anode_processUserOperation.handle,
+    pm_validateSponsorshipPolicies.NAME: pm_validateSponsorshipPolicies.handle,
 }

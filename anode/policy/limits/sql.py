@@ -1,0 +1,201 @@
+"""``SqlLimiter``: counters in the server's database (table ``policy_usage``).
+
+PostgreSQL: one transaction of conditional upserts, in key order (no deadlocks between
+processes), rolled back when one finds no room. SQLite: ``BEGIN IMMEDIATE`` takes the write lock
+first, so read, check and write cannot interleave with another writer. ``used`` is exact to
+2**256 on both: PostgreSQL adds ``NUMERIC(78,0)``; SQLite keeps decimal text and adds in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from anode.errors import ConfigError
+from anode.policy.limits.base import PRUNE_EVERY_SECONDS, Bucket, Complaints, Exceeded, check_unique
+from anode.policy.tables import policy_usage
+
+T = TypeVar("T")
+
+
+_PG_RESERVE = sa.text(
+    "INSERT INTO policy_usage (counter, window_start, used, expires_at) VALUES (:counter, :window_start, :amount, "
+    ":expires_at) ON CONFLICT (counter, window_start) DO UPDATE SET used = policy_usage.used + EXCLUDED.used "
+    "WHERE policy_usage.used + EXCLUDED.used <= :limit RETURNING used"
+)
+_PG_RELEASE = sa.text(
+    "UPDATE policy_usage SET used = GREATEST(used - :amount, 0) "
+    "WHERE counter = :counter AND window_start = :window_start"
+)
+
+
+class SqlLimiter:
+    """Counters in the ``policy_usage`` table, on the server's database (SQLite or PostgreSQL)."""
+
+    def __init__(
+        self, engine: sa.Engine, clock: Callable[[], float] = time.time, *, timeout: float | None = None
+    ) -> None:
+        dialect = engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise ConfigError(f"the SQL limiter supports SQLite and PostgreSQL, not {dialect}")
+        self.backend = f"sql:{dialect}"
+        self._engine = engine
+        self._sqlite = dialect == "sqlite"
+        # SQLite has one writer at a time anyway; PostgreSQL locks only the rows an operation touches
+        self._pool = ThreadPoolExecutor(max_workers=1 if self._sqlite else 4, thread_name_prefix="anode-limits")
+        self._clock = clock
+        self._pruned = clock()
+        self._complaints = Complaints(self.backend)
+        self._timeout = timeout
+
+    async def _run(self, work: Callable[..., T], *args: Any) -> T:
+        """``work`` on the store's threads; past ``timeout`` the caller is refused (the work may still
+        finish and commit: over-counting, the safe side)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await loop.run_in_executor(self._pool, work, *args)
+        except Exception as exc:  # any driver error: the limits cannot be checked, so nothing is sponsored
+            raise self._complaints.unavailable(exc) from None
+
+    async def reserve(self, buckets: Sequence[Bucket]) -> Exceeded | None:
+        check_unique(buckets)
+        if not buckets:
+            return None
+        result = await self._run(self._reserve_sqlite if self._sqlite else self._reserve_pg, buckets)
+        if result is None and self._clock() - self._pruned >= PRUNE_EVERY_SECONDS:
+            self._pruned = self._clock()
+            await self._run(self._prune, int(self._pruned))
+        return result
+
+    async def release(self, buckets: Sequence[Bucket]) -> None:
+        if buckets:
+            await self._run(self._release_sqlite if self._sqlite else self._release_pg, buckets)
+
+    async def usage(self, buckets: Sequence[Bucket]) -> list[int]:
+        return await self._run(self._usage, buckets) if buckets else []
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # PostgreSQL: conditional upserts in key order (no deadlocks), all in one transaction
+
+    def _reserve_pg(self, buckets: Sequence[Bucket]) -> Exceeded | None:
+        order = sorted(range(len(buckets)), key=lambda i: (buckets[i].key, buckets[i].window_start))
+        with self._engine.connect() as connection:
+            transaction = connection.begin()
+            for index in order:
+                bucket = buckets[index]
+                row = None
+                if bucket.amount <= bucket.limit:
+                    params = {
+                        "counter": bucket.key,
+                        "window_start": bucket.window_start,
+                        "amount": Decimal(bucket.amount),
+                        "expires_at": bucket.expires_at,
+                        "limit": Decimal(bucket.limit),
+                    }
+                    row = connection.execute(_PG_RESERVE, params).first()
+                if row is None:
+                    used = self._read(connection, bucket)
+                    transaction.rollback()
+                    return Exceeded(index, used)
+            transaction.commit()
+        return None
+
+    def _release_pg(self, buckets: Sequence[Bucket]) -> None:
+        with self._engine.begin() as connection:
+            for bucket in sorted(buckets, key=lambda b: (b.key, b.window_start)):
+                params = {"counter": bucket.key, "window_start": bucket.window_start, "amount": Decimal(bucket.amount)}
+                connection.execute(_PG_RELEASE, params)
+
+    # SQLite: BEGIN IMMEDIATE takes the write lock first, so read-check-write cannot interleave
+
+    def _immediate(self, work: Callable[[Any], T]) -> T:
+        raw = self._engine.raw_connection()
+        try:
+            sqlite = raw.driver_connection
+            assert sqlite is not None
+            previous = sqlite.isolation_level
+            sqlite.isolation_level = None  # we issue BEGIN/COMMIT ourselves
+            cursor = sqlite.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(cursor)
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+                return result
+            finally:
+                cursor.close()
+                sqlite.isolation_level = previous
+        finally:
+            raw.close()
+
+    @staticmethod
+    def _sqlite_used(cursor: Any, bucket: Bucket) -> int | None:
+        cursor.execute(
+            "SELECT used FROM policy_usage WHERE counter = ? AND window_start = ?", (bucket.key, bucket.window_start)
+        )
+        row = cursor.fetchone()
+        return None if row is None else int(row[0])
+
+    def _reserve_sqlite(self, buckets: Sequence[Bucket]) -> Exceeded | None:
+        def work(cursor: Any) -> Exceeded | None:
+            found = [self._sqlite_used(cursor, bucket) or 0 for bucket in buckets]
+            for index, (bucket, used) in enumerate(zip(buckets, found, strict=True)):
+                if used + bucket.amount > bucket.limit:
+                    return Exceeded(index, used)
+            for bucket, used in zip(buckets, found, strict=True):
+                cursor.execute(
+                    "INSERT INTO policy_usage (counter, window_start, used, expires_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (counter, window_start) DO UPDATE SET used = excluded.used",
+                    (bucket.key, bucket.window_start, str(used + bucket.amount), bucket.expires_at),
+                )
+            return None
+
+        return self._immediate(work)
+
+    def _release_sqlite(self, buckets: Sequence[Bucket]) -> None:
+        def work(cursor: Any) -> None:
+            for bucket in buckets:
+                used = self._sqlite_used(cursor, bucket)
+                if used is not None:
+                    cursor.execute(
+                        "UPDATE policy_usage SET used = ? WHERE counter = ? AND window_start = ?",
+                        (str(max(0, used - bucket.amount)), bucket.key, bucket.window_start),
+                    )
+
+        self._immediate(work)
+
+    # both
+
+    @staticmethod
+    def _read(connection: sa.Connection, bucket: Bucket) -> int:
+        query = sa.select(policy_usage.c.used).where(
+            policy_usage.c.counter == bucket.key, policy_usage.c.window_start == bucket.window_start
+        )
+        used = connection.execute(query).scalar_one_or_none()
+        return 0 if used is None else int(used)
+
+    def _usage(self, buckets: Sequence[Bucket]) -> list[int]:
+        query = sa.select(policy_usage.c.counter, policy_usage.c.window_start, policy_usage.c.used).where(
+            policy_usage.c.counter.in_(sorted({b.key for b in buckets}))
+        )
+        with self._engine.connect() as connection:
+            rows = {(row.counter, row.window_start): int(row.used) for row in connection.execute(query)}
+        return [rows.get((b.key, b.window_start), 0) for b in buckets]
+
+    def _prune(self, now: int) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                policy_usage.delete().where(policy_usage.c.expires_at.is_not(None), policy_usage.c.expires_at < now)
+            )

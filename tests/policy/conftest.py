@@ -1,0 +1,148 @@
+"""Fixtures for the policy engine's tests: real PostgreSQL and Redis, when this machine runs them.
+
+PostgreSQL: one fresh database per test session (random name, created through the ``postgres``
+database, migrated, dropped at the end) at ``PGTEST_ADMIN_URL`` (default: trust-auth ``postgres``
+on 127.0.0.1:5432). Redis: ``REDISTEST_URL`` (default ``redis://127.0.0.1:6379/0``), every test
+under its own key prefix, deleted afterwards. Tests that need one of them are skipped, with the
+reason, when it does not answer.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+
+from anode.policy.calls import Call
+from anode.policy.evaluate import OpFacts
+from anode.store.database import create_engine, upgrade
+
+ADMIN_URL = os.environ.get("PGTEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REDISTEST_URL", "redis://127.0.0.1:6379/0")
+
+SENDER = "0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1"
+OTHER_SENDER = "0xB2B2B2b2B2B2b2B2B2b2B2B2B2b2b2b2b2b2B2b2"
+TOKEN = "0x1111111111111111111111111111111111111111"
+NFT = "0x2222222222222222222222222222222222222222"
+TRANSFER = "0xa9059cbb"
+MINT = "0x40c10f19"
+GWEI = 10**9
+ETH = 10**18
+
+
+def facts(
+    sender: str = SENDER,
+    *,
+    chain_id: int = 31337,
+    calls: tuple[Call, ...] | None = (Call(TOKEN, 0, TRANSFER),),
+    max_fee_per_gas: int = 2 * GWEI,
+    max_gas_cost: int = 10**15,
+) -> OpFacts:
+    return OpFacts(sender, chain_id, calls, max_fee_per_gas, max_gas_cost)
+
+
+@contextmanager
+def fresh_pg_database(prefix: str = "anode_policy") -> Iterator[str]:
+    """A new, migrated PostgreSQL database (``postgresql://`` URL); dropped afterwards."""
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        connection = admin.connect()
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"no PostgreSQL server at {ADMIN_URL}: {type(exc.orig).__name__}")
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(ADMIN_URL).set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    try:
+        engine = create_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The session's PostgreSQL database (tests keep apart by unique policy ids and counter keys)."""
+    with fresh_pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
+    engine = create_engine(pg_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    engine = create_engine(f"sqlite:///{tmp_path / 'anode.db'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis server at {REDIS_URL}: {type(exc).__name__}")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"anode-test:{{{secrets.token_hex(6)}}}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def unused_port() -> Iterator[int]:
+    """A port nothing listens on: bound (so nobody else takes it) but never listened on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def policy(**fields: Any) -> dict[str, Any]:
+    """A policy document with defaults: a project policy named like its id."""
+    fields.setdefault("id", "p-" + secrets.token_hex(4))
+    fields.setdefault("name", fields["id"])
+    fields.setdefault("type", "project")
+    return fields

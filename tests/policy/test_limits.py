@@ -1,0 +1,283 @@
+"""Limiter stores: one contract every backend passes, then the real backends under concurrency and outage.
+
+``LimiterContract`` is subclassed once per backend (memory, SQLite, PostgreSQL, Redis). The
+concurrency tests send 200 reservations at once against a limit of N, through two limiter
+instances with their own connections (as two processes would), and count exactly N successes;
+each reservation also names a per-wallet counter, whose total proves that no refused reservation
+left anything behind. The outage tests point the stores at a port nobody listens on, or at one
+that accepts connections and never answers, and expect ``LimitStoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+
+from anode.policy.errors import LimitStoreUnavailable
+from anode.policy.limits import Bucket, Exceeded, LimiterStore, MemoryLimiter, RedisLimiter, SqlLimiter
+from anode.store.database import create_engine, upgrade
+
+BIG = 2**256 - 1
+
+
+def bucket(key: str, limit: int, amount: int = 1, window_start: int = 0, expires_at: int | None = None) -> Bucket:
+    return Bucket(key, window_start, limit, amount, expires_at)
+
+
+class LimiterContract:
+    """What every ``LimiterStore`` promises. Subclasses provide the ``store`` fixture."""
+
+    @pytest.fixture
+    def key(self) -> str:
+        return "k-" + secrets.token_hex(6)
+
+    async def test_reserves_within_the_limit_and_reports_usage(self, store: LimiterStore, key: str) -> None:
+        assert await store.reserve([bucket(key, 10, 4)]) is None
+        assert await store.reserve([bucket(key, 10, 6)]) is None
+        assert await store.usage([bucket(key, 10)]) == [10]
+
+    async def test_refuses_past_the_limit_and_says_how_much_was_used(self, store: LimiterStore, key: str) -> None:
+        assert await store.reserve([bucket(key, 10, 7)]) is None
+        assert await store.reserve([bucket(key, 10, 4)]) == Exceeded(0, 7)
+        assert await store.usage([bucket(key, 10)]) == [7]
+
+    async def test_all_or_nothing_across_buckets(self, store: LimiterStore, key: str) -> None:
+        a, b, c = (bucket(f"{key}:{n}", limit) for n, limit in (("a", 5), ("b", 1), ("c", 5)))
+        assert await store.reserve([a, b, c]) is None
+        assert await store.reserve([a, b, c]) == Exceeded(1, 1)
+        assert await store.usage([a, b, c]) == [1, 1, 1]
+
+    async def test_an_amount_larger_than_the_limit_is_refused_on_an_empty_counter(
+        self, store: LimiterStore, key: str
+    ) -> None:
+        assert await store.reserve([bucket(key, 5, 6)]) == Exceeded(0, 0)
+        assert await store.reserve([bucket(key, 0, 1)]) == Exceeded(0, 0)
+        assert await store.usage([bucket(key, 5)]) == [0]
+
+    async def test_release_takes_back_and_never_goes_below_zero(self, store: LimiterStore, key: str) -> None:
+        assert await store.reserve([bucket(key, 10, 8)]) is None
+        await store.release([bucket(key, 10, 3)])
+        assert await store.usage([bucket(key, 10)]) == [5]
+        await store.release([bucket(key, 10, 99)])
+        assert await store.usage([bucket(key, 10)]) == [0]
+        await store.release([bucket(key + ":never", 10, 1)])  # nothing to release: no error
+        assert await store.usage([bucket(key + ":never", 10)]) == [0]
+
+    async def test_each_window_counts_on_its_own(self, store: LimiterStore, key: str) -> None:
+        assert await store.reserve([bucket(key, 1, 1, window_start=3600)]) is None
+        assert await store.reserve([bucket(key, 1, 1, window_start=7200)]) is None
+        assert await store.reserve([bucket(key, 1, 1, window_start=3600)]) == Exceeded(0, 1)
+
+    async def test_amounts_are_exact_up_to_2_256(self, store: LimiterStore, key: str) -> None:
+        half = 2**255 - 1
+        assert await store.reserve([bucket(key, BIG, half)]) is None
+        assert await store.reserve([bucket(key, BIG, half)]) is None
+        assert await store.reserve([bucket(key, BIG, 1)]) is None
+        assert await store.usage([bucket(key, BIG)]) == [BIG]
+        assert await store.reserve([bucket(key, BIG, 1)]) == Exceeded(0, BIG)
+        await store.release([bucket(key, BIG, 10**18 + 7)])
+        assert await store.usage([bucket(key, BIG)]) == [BIG - 10**18 - 7]
+
+    async def test_no_buckets_is_a_no_op_and_a_repeated_bucket_is_a_bug(self, store: LimiterStore, key: str) -> None:
+        assert await store.reserve([]) is None
+        assert await store.usage([]) == []
+        with pytest.raises(ValueError):
+            await store.reserve([bucket(key, 5), bucket(key, 5)])
+
+
+class TestMemoryLimiter(LimiterContract):
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[LimiterStore]:
+        limiter = MemoryLimiter()
+        yield limiter
+        await limiter.aclose()
+
+    async def test_expired_counters_are_dropped(self) -> None:
+        now = [1000.0]
+        limiter = MemoryLimiter(clock=lambda: now[0])
+        assert await limiter.reserve([bucket("old", 5, 1, expires_at=1500)]) is None
+        now[0] = 1000 + 3600
+        assert await limiter.reserve([bucket("new", 5, 1)]) is None
+        assert await limiter.usage([bucket("old", 5)]) == [0]
+
+
+class TestSqliteLimiter(LimiterContract):
+    @pytest.fixture
+    async def store(self, sqlite_engine: sa.Engine) -> AsyncIterator[LimiterStore]:
+        limiter = SqlLimiter(sqlite_engine)
+        yield limiter
+        await limiter.aclose()
+
+
+class TestPostgresLimiter(LimiterContract):
+    @pytest.fixture
+    async def store(self, pg_engine: sa.Engine) -> AsyncIterator[LimiterStore]:
+        limiter = SqlLimiter(pg_engine)
+        yield limiter
+        await limiter.aclose()
+
+
+class TestRedisLimiter(LimiterContract):
+    @pytest.fixture
+    async def store(self, redis_client: Redis, redis_prefix: str) -> AsyncIterator[LimiterStore]:
+        limiter = RedisLimiter(redis_client, prefix=redis_prefix)
+        yield limiter
+        await limiter.aclose()
+
+    async def test_counters_expire_after_their_window(self, redis_client: Redis, redis_prefix: str) -> None:
+        limiter = RedisLimiter(redis_client, prefix=redis_prefix)
+        expires = int(time.time()) + 3600
+        await limiter.reserve([bucket("w", 5, 1, window_start=60, expires_at=expires), bucket("life", 5, 1)])
+        assert await redis_client.pexpiretime(f"{redis_prefix}w:60") == expires * 1000
+        assert await redis_client.ttl(f"{redis_prefix}life:0") == -1  # no window: kept
+
+
+# -- 200 concurrent reservations against a limit of N, per real backend -----------------------
+
+REQUESTS = 200
+LIMIT = 37
+WALLETS = 10
+PER_WALLET = 6  # 60 could pass per wallet; the global 37 binds
+
+
+async def _race(stores: list[LimiterStore], tag: str) -> None:
+    total = f"{tag}:requests"
+
+    async def one(n: int) -> bool:
+        wallet = f"{tag}:wallet:{n % WALLETS}"
+        store = stores[n % len(stores)]
+        return await store.reserve([bucket(total, LIMIT), bucket(wallet, PER_WALLET)]) is None
+
+    results = await asyncio.gather(*(one(n) for n in range(REQUESTS)))
+    assert sum(results) == LIMIT
+    check = stores[0]
+    assert await check.usage([bucket(total, LIMIT)]) == [LIMIT]
+    wallets = await check.usage([bucket(f"{tag}:wallet:{w}", PER_WALLET) for w in range(WALLETS)])
+    assert sum(wallets) == LIMIT and max(wallets) <= PER_WALLET  # refused reservations left nothing behind
+
+
+async def test_200_concurrent_reservations_sponsor_exactly_n_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    engines = [create_engine(url), create_engine(url)]
+    upgrade(engines[0])
+    stores: list[LimiterStore] = [SqlLimiter(engine) for engine in engines]
+    try:
+        await _race(stores, "sqlite")
+    finally:
+        for store, engine in zip(stores, engines, strict=True):
+            await store.aclose()
+            engine.dispose()
+
+
+async def test_200_concurrent_reservations_sponsor_exactly_n_on_postgresql(pg_url: str) -> None:
+    engines = [create_engine(pg_url), create_engine(pg_url)]
+    stores: list[LimiterStore] = [SqlLimiter(engine) for engine in engines]
+    try:
+        await _race(stores, "pg-" + secrets.token_hex(4))
+    finally:
+        for store, engine in zip(stores, engines, strict=True):
+            await store.aclose()
+            engine.dispose()
+
+
+async def test_200_concurrent_reservations_sponsor_exactly_n_on_redis(redis_url: str, redis_prefix: str) -> None:
+    clients = [Redis.from_url(redis_url), Redis.from_url(redis_url)]
+    stores: list[LimiterStore] = [RedisLimiter(client, prefix=redis_prefix) for client in clients]
+    try:
+        await _race(stores, "redis")
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+# -- fail closed ------------------------------------------------------------------------------
+
+
+async def test_redis_down_refuses_instead_of_sponsoring(unused_port: int) -> None:
+    client = Redis(host="127.0.0.1", port=unused_port, socket_connect_timeout=0.5)
+    limiter = RedisLimiter(client, timeout=0.3)
+    try:
+        with pytest.raises(LimitStoreUnavailable) as caught:
+            await limiter.reserve([bucket("k", 10)])
+        assert caught.value.code == "ANODE_LIMIT_STORE_UNAVAILABLE"
+        assert "nothing is sponsored" in caught.value.message
+        with pytest.raises(LimitStoreUnavailable):
+            await limiter.usage([bucket("k", 10)])
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung Redis)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+async def test_a_hung_redis_is_refused_after_the_timeout(silent_port: int) -> None:
+    client = Redis(host="127.0.0.1", port=silent_port)
+    limiter = RedisLimiter(client, timeout=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(LimitStoreUnavailable):
+            await limiter.reserve([bucket("k", 10)])
+    finally:
+        await client.aclose()
+    assert loop.time() - started < 2
+
+
+async def test_database_down_refuses_instead_of_sponsoring(unused_port: int) -> None:
+    engine = create_engine(f"postgresql://postgres@127.0.0.1:{unused_port}/anode")
+    limiter = SqlLimiter(engine)
+    try:
+        with pytest.raises(LimitStoreUnavailable) as caught:
+            await limiter.reserve([bucket("k", 10)])
+        assert "sql:postgresql" in caught.value.message
+    finally:
+        await limiter.aclose()
+        engine.dispose()
+
+
+async def test_a_database_without_the_table_refuses(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # never migrated
+    limiter = SqlLimiter(engine)
+    try:
+        with pytest.raises(LimitStoreUnavailable):
+            await limiter.reserve([bucket("k", 10)])
+    finally:
+        await limiter.aclose()
+        engine.dispose()
+
+
+async def test_a_burst_beyond_the_redis_connection_pool_waits_instead_of_refusing(
+    redis_client: Redis, redis_prefix: str
+) -> None:
+    limiter = RedisLimiter(redis_client, prefix=redis_prefix)  # redis-py's default pool: 100 connections
+    results = await asyncio.gather(*(limiter.reserve([bucket("burst", 1000)]) for _ in range(500)))
+    assert results == [None] * 500
+    assert await limiter.usage([bucket("burst", 1000)]) == [500]
+
+
+async def test_a_hung_database_is_refused_after_the_timeout(silent_port: int) -> None:
+    engine = create_engine(f"postgresql://postgres@127.0.0.1:{silent_port}/anode?connect_timeout=2")
+    limiter = SqlLimiter(engine, timeout=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(LimitStoreUnavailable):
+            await limiter.reserve([bucket("k", 10)])
+        assert loop.time() - started < 1.5
+    finally:
+        await limiter.aclose()
+        engine.dispose()

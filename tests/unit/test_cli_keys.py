@@ -1,0 +1,62 @@
+"""``anode keys generate`` / ``anode keys address`` for a keystore, and the production guard for
+in-memory keys, as an operator runs them (the real CLI, in a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+CHAINS = [
+    {
+        "chain_id": 1,
+        "rpc_url": "http://127.0.0.1:1",
+        "paymasters": [
+            {
+                "entry_point": "0x0000000071727De22E5E9d8BAf0edAc6f37da032",
+                "address": "0x0000000071727De22E5E9d8BAf0edAc6f37da032",
+                "contract": "verifying",
+            }
+        ],
+    }
+]
+
+
+def anode(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "anode.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+
+
+def test_generate_a_keystore_then_print_its_address(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    keystore = tmp_path / "key.json"
+    signer = {"type": "keystore", "keystore_path": str(keystore), "password_env": "TEST_KEYSTORE_PW"}
+    config.write_text(yaml.safe_dump({"signer": signer, "chains": CHAINS}))
+    env = {"TEST_KEYSTORE_PW": "correct horse"}
+    made = anode("keys", "generate", "--config", str(config), env=env)
+    assert made.returncode == 0, made.stderr
+    created = made.stdout.strip().rsplit(" ", 1)[-1]
+    assert keystore.stat().st_mode & 0o777 == 0o600
+    shown = anode("keys", "address", "--config", str(config), env=env)
+    assert shown.stdout.strip() == created
+    again = anode("keys", "generate", "--config", str(config), env=env)
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+    wrong = anode("keys", "address", "--config", str(config), env={"TEST_KEYSTORE_PW": "wrong"})
+    assert wrong.returncode == 2 and "wrong password" in wrong.stderr and "wrong" not in wrong.stdout
+
+
+def test_an_in_memory_key_is_refused_in_production_unless_allowed(tmp_path: Path) -> None:
+    key = "0x" + "5a" * 32
+    config = tmp_path / "config.yaml"
+    tree = {"environment": "production", "signer": {"type": "local", "private_key": key}, "chains": CHAINS}
+    config.write_text(yaml.safe_dump(tree))
+    refused = anode("serve", "--config", str(config))
+    assert refused.returncode == 2 and "refused in environment: production" in refused.stderr
+    assert key[2:] not in refused.stderr
+    tree["signer"]["allow_in_production"] = True
+    config.write_text(yaml.safe_dump(tree))
+    assert anode("keys", "address", "--config", str(config)).returncode == 0
