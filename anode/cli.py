@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from anode.config import Settings, load_settings
 from anode.errors import AnodeError, ConfigError
+from anode.keyserver.cli import add_commands as add_keyserver_commands
 
 if TYPE_CHECKING:
     from anode.store.api_keys import SqlApiKeys
@@ -196,6 +197,8 @@ def parser() -> argparse.ArgumentParser:
     generate = keys.add_parser("generate", help="create a key in the configured backend (keystore, aws_kms, pkcs11)")
     generate.add_argument("--config")
     generate.set_defaults(run=_keys_generate)
+
+    add_keyserver_commands(commands)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     db_upgrade = db.add_parser("upgrade", help="apply migrations (serve does this at start-up too)")

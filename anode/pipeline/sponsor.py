@@ -18,11 +18,11 @@ from typing import Any
 
 from anode.config import SponsorshipSettings
 from anode.errors import BundlerUnavailable, ConfirmationRequired, InvalidRequest, SponsorshipRefused
-from anode.paymasters.base import ValidityWindow, dummy_signature, eip191_digest
+from anode.paymasters.base import ValidityWindow, dummy_signature
 from anode.pipeline.base import Context
 from anode.pipeline.routes import Route, RouteTable
 from anode.pipeline.runner import Pipeline, PipelineReport
-from anode.signers.base import Signer
+from anode.signers.base import Signer, sign_eip191
 from anode.store.ledger import Ledger, SponsorshipRecord
 from anode.userop.codec import checksum, to_hex
 from anode.userop.hashing import user_op_hash
@@ -201,7 +201,7 @@ class SponsorshipService:
         if family.needs_sender_nonce:
             sender_nonce = await route.chain.sender_nonce(family.address, op.sender)
         digest = family.digest(placeholder, window, route.chain_id, sender_nonce)
-        signed = await self.signer.unsafe_sign_hash(eip191_digest(digest))
+        signed = await sign_eip191(self.signer, digest)
         final = family.attach(op, family.encode(window, signed.signature))
         op_hash = user_op_hash(final, route.version, route.entry_point, route.chain_id)
         await self.ledger.record(

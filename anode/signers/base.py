@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from eth_utils.crypto import keccak
+
+EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
@@ -49,3 +52,16 @@ class Signer(Protocol):
     async def aclose(self) -> None:
         """Release connections or sessions."""
         ...
+
+
+async def sign_eip191(signer: Signer, message_hash: bytes) -> SignedDigest:
+    """Sign ``toEthSignedMessageHash(message_hash)``, what paymaster contracts recover from.
+
+    A signer that can only sign messages (Web3Signer signs keccak256 of what it is sent) offers
+    its own ``sign_eip191``, used instead of hashing here.
+    """
+    own = getattr(signer, "sign_eip191", None)
+    if own is not None:
+        signed: SignedDigest = await own(message_hash)
+        return signed
+    return await signer.unsafe_sign_hash(keccak(EIP191_PREFIX + message_hash))

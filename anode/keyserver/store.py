@@ -1,0 +1,193 @@
+"""What the key server holds: its keys, the callers' hashed tokens, and the audit log.
+
+Keys are built with :func:`anode.signers.registry.build_signer`, so any backend works. At start-up
+each key signs a fixed probe digest; the public key recovered from it (needed by the Web3Signer
+routes, which list public keys) must give the backend's own address, so a backend that signs
+with another key or hashes the digest again stops start-up.
+
+The audit log is append-only JSON lines, one per signature, each carrying ``prev``: the SHA-256 of
+the line before it (64 zeros for the first). :func:`verify_audit` walks the chain: a record
+changed, removed or reordered breaks it at that line. (Cutting records off the end leaves a
+valid, shorter chain: keep the record count or last hash somewhere else to detect that.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from coincurve import PublicKey
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+
+from anode.errors import ConfigError
+from anode.keyserver.config import KeySettings, TokenSettings
+from anode.signers.base import Signer
+from anode.signers.registry import build_signer
+
+log = logging.getLogger("anode.keyserver")
+
+PROBE_DIGEST = keccak(b"anode keyserver start-up probe")
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    id: str
+    signer: Signer
+    allowed: frozenset[str]
+    #: uncompressed public key without the ``04`` prefix (64 bytes), learned from the probe
+    public_key: bytes = b""
+
+    @property
+    def address(self) -> str:
+        return self.signer.address
+
+
+class KeyRing:
+    """The configured keys by id (and by public key, for the Web3Signer routes)."""
+
+    def __init__(self, keys: Iterable[Key]) -> None:
+        self._keys = {key.id: key for key in keys}
+        self._by_public_key: dict[str, Key] = {}
+
+    @classmethod
+    def build(cls, settings: Iterable[KeySettings]) -> KeyRing:
+        keys: list[Key] = []
+        for entry in settings:
+            signer = build_signer(entry.signer)
+            keys.append(Key(entry.id, signer, frozenset(entry.allowed_callers)))
+            if signer.backend == "local":
+                log.warning("key %r is a plain-text key in the config file (type: local)", entry.id)
+        return cls(keys)
+
+    async def probe(self) -> None:
+        """Sign the probe digest with every key; learn its public key; check it gives the address."""
+        for key in list(self._keys.values()):
+            signed = await key.signer.unsafe_sign_hash(PROBE_DIGEST)
+            try:
+                point = PublicKey.from_signature_and_message(
+                    signed.signature[:64] + bytes([signed.v - 27]), PROBE_DIGEST, hasher=None
+                ).format(compressed=False)
+            except ValueError:
+                point = b""
+            if not point or to_checksum_address(keccak(point[1:])[12:]) != key.address:
+                raise ConfigError(
+                    f"keys: key {key.id!r} ({key.signer.backend}) signs with a key other than its address"
+                )
+            probed = Key(key.id, key.signer, key.allowed, point[1:])
+            self._keys[key.id] = probed
+            self._by_public_key[point[1:].hex()] = probed
+            log.info("key %r: %s (%s)", key.id, key.address, key.signer.backend)
+
+    def get(self, key_id: str) -> Key | None:
+        return self._keys.get(key_id)
+
+    def by_public_key(self, identifier: str) -> Key | None:
+        """A key by its public key as Web3Signer names it: hex, 64 bytes, or 65 with the ``04`` prefix."""
+        body = identifier.lower().removeprefix("0x")
+        if len(body) == 130 and body.startswith("04"):
+            body = body[2:]
+        return self._by_public_key.get(body)
+
+    def usable_by(self, caller: str) -> list[Key]:
+        return [key for key in self._keys.values() if caller in key.allowed]
+
+    async def aclose(self) -> None:
+        for key in self._keys.values():
+            await key.signer.aclose()
+
+
+class Tokens:
+    """Bearer tokens held as SHA-256 digests; a presented token is compared with every one in constant time."""
+
+    def __init__(self, settings: Iterable[TokenSettings]) -> None:
+        self._digests: list[tuple[bytes, str]] = []
+        for token in settings:
+            if token.token is not None:
+                digest = hashlib.sha256(token.token.get_secret_value().encode()).digest()
+            else:
+                assert token.token_sha256 is not None
+                digest = bytes.fromhex(token.token_sha256)
+            self._digests.append((digest, token.id))
+
+    def caller(self, presented: str | None) -> str | None:
+        """The id of the token presented, or ``None``."""
+        if not presented:
+            return None
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for known, token_id in self._digests:  # no early exit: the time does not depend on which matched
+            if hmac.compare_digest(digest, known):
+                found = token_id
+        return found
+
+
+def _last_line_hash(path: Path) -> str:
+    """SHA-256 of the last record in an existing log (the chain continues from it)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 65536))
+            lines = [line for line in handle.read().split(b"\n") if line.strip()]
+    except FileNotFoundError:
+        return GENESIS
+    return hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
+
+
+class AuditLog:
+    """Append-only, hash-chained JSON lines; a record is on disk before its signature leaves."""
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._prev = _last_line_hash(path)
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"audit_log: cannot open {path} for appending ({exc.strerror})") from None
+
+    def append(self, **fields: Any) -> None:
+        """Write one record (``time`` and ``prev`` added); ``OSError`` when the disk refuses."""
+        with self._lock:
+            record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields, "prev": self._prev}
+            line = orjson.dumps(record)
+            os.write(self._fd, line + b"\n")
+            if self._fsync:
+                os.fsync(self._fd)
+            self._prev = hashlib.sha256(line).hexdigest()
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def verify_audit(path: Path) -> int:
+    """Check the chain of an audit log; the number of records, or ``ValueError`` naming the first bad line."""
+    prev = GENESIS
+    count = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip(b"\n")
+            if not line:
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise ValueError(f"line {number}: not a JSON record") from None
+            if not isinstance(record, dict) or record.get("prev") != prev:
+                raise ValueError(f"line {number}: the chain is broken (a record before it was changed or removed)")
+            prev = hashlib.sha256(line).hexdigest()
+            count += 1
+    return count

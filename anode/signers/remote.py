@@ -1,0 +1,333 @@
+"""``signer: {type: remote}``: the key stays on a key server; aNode asks it for each signature over HTTP.
+
+Two protocols (``mode``):
+
+- ``anode`` (default) — aNode's own key server (``anode keyserver serve``, :mod:`anode.keyserver`)
+  and the Cloudflare Worker in ``deploy/cloudflare/``. With ``Authorization: Bearer <token>``:
+  ``GET {url}/keys/{key_id}`` → ``{key_id, address}`` (at start-up);
+  ``POST {url}/sign`` ``{algorithm: "secp256k1-ecdsa-digest", data: 0x<32-byte digest>, key_id}``
+  → ``{signature: 0x<r ‖ s ‖ v>, address, key_id}``, the digest signed exactly as given (no hash,
+  no prefix: aNode sends the EIP-191 digest the paymaster contract recovers from);
+  ``POST {url}/health`` → ``{status, keys: [{key_id, address}]}``.
+- ``web3signer`` — Consensys Web3Signer's eth1 API: ``GET /api/v1/eth1/publicKeys`` (uncompressed
+  public keys), ``POST /api/v1/eth1/sign/{public key}`` ``{"data": 0x…}`` → ``0x<r ‖ s ‖ v>`` as
+  text. Web3Signer signs ``keccak256(data)``, never a bare digest, so this mode cannot implement
+  ``unsafe_sign_hash``; it implements :meth:`RemoteSigner.sign_eip191` instead, sending
+  ``data = "\\x19Ethereum Signed Message:\\n32" ‖ hash`` so that Web3Signer's keccak256 of it is
+  exactly ``toEthSignedMessageHash(hash)``, the digest the paymaster contract recovers from.
+
+The address is learned once at start-up (and may be pinned with ``address``); every signature
+that comes back is checked to recover to it: a key server that signs with another key, or hashes
+the digest once more, is an error (``ANODE_SIGNER_BAD_SIGNATURE``), never a signature handed on.
+A signature with high ``s`` is brought to low ``s``. Requests share one keep-alive connection
+pool; a request that fails on a connection the server dropped is sent once more (signing the same
+digest twice is harmless). Errors name the status and what to check, never the token, and show
+the URL as ``scheme://host:port`` only.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+import orjson
+from coincurve import PublicKey
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from anode.chain.client import redacted
+from anode.errors import ConfigError, SignerUnavailable
+from anode.signers.base import SECP256K1_N, SignedDigest
+from anode.signers.registry import SignerSettingsBase
+
+ALGORITHM = "secp256k1-ecdsa-digest"
+EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
+_HALF_N = SECP256K1_N // 2
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_SIGNATURE = re.compile(r"^(0x)?[0-9a-fA-F]{130}$")
+BAD_SIGNATURE = "ANODE_SIGNER_BAD_SIGNATURE"
+
+
+class Settings(SignerSettingsBase):
+    url: str
+    mode: Literal["anode", "web3signer"] = "anode"
+    #: the bearer token (required in ``anode`` mode; Web3Signer itself takes none, a proxy in front may)
+    token: SecretStr | None = None
+    #: the key's name on the key server; for ``web3signer`` a public key or an address (optional
+    #: when the server holds one key)
+    key_id: str | None = None
+    #: the address the key must have; start-up stops if the server reports another
+    address: str | None = None
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    verify_tls: bool = True
+    #: a CA bundle (PEM) for a key server with a private certificate authority
+    ca_file: Path | None = None
+    max_connections: int = Field(default=32, ge=1, le=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("address")
+    @classmethod
+    def _checksummed(cls, value: str | None) -> str | None:
+        if value is not None and not _ADDRESS.match(value):
+            raise ValueError("must be a 0x-prefixed 20-byte address")
+        return None if value is None else to_checksum_address(value)
+
+    @model_validator(mode="after")
+    def _anode_mode_needs(self) -> Settings:
+        if self.mode == "anode" and (self.token is None or self.key_id is None):
+            raise ValueError("the anode key-server protocol needs token and key_id")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file is set but verify_tls is false")
+        return self
+
+
+def _verify(settings: Settings) -> ssl.SSLContext | bool:
+    if settings.ca_file is None:
+        return settings.verify_tls
+    try:
+        return ssl.create_default_context(cafile=str(settings.ca_file))
+    except (OSError, ssl.SSLError):
+        raise ConfigError(f"signer.ca_file: cannot read a CA bundle from {settings.ca_file}") from None
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    headers = {"user-agent": "anode-remote-signer"}
+    if settings.token is not None:
+        headers["authorization"] = f"Bearer {settings.token.get_secret_value()}"
+    return {
+        "base_url": settings.url,
+        "headers": headers,
+        "timeout": settings.timeout_seconds,
+        "verify": _verify(settings),
+    }
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The key server's own error message (``{error: {message}}`` or text), shortened."""
+    try:
+        body = orjson.loads(response.content)
+        message = body["error"]["message"] if isinstance(body.get("error"), dict) else body.get("error", "")
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        message = response.text
+    return str(message).strip()[:200]
+
+
+def _refusal(status: int, where: str, key_id: str | None, detail: str) -> str:
+    """What a refusal means and what to check, by status."""
+    if status == 401:
+        return f"{where} refused the token (401): check signer.token"
+    if status == 403:
+        return f"{where} does not allow this token to use key {key_id!r} (403): check the key's allowed callers"
+    if status == 404:
+        return f"{where} has no key {key_id!r} (404): check signer.key_id" + (f" ({detail})" if detail else "")
+    return f"{where} answered {status}" + (f": {detail}" if detail else "")
+
+
+def public_key_address(public_key: str) -> str:
+    """Address of a hex public key as Web3Signer lists it: 64 bytes ``x ‖ y`` (or 65 with ``04``, or 33)."""
+    raw = bytes.fromhex(public_key.removeprefix("0x"))
+    if len(raw) == 64:
+        raw = b"\x04" + raw
+    point = PublicKey(raw).format(compressed=False)
+    return to_checksum_address(keccak(point[1:])[12:])
+
+
+def _bare(key: str) -> str:
+    """A public key or address as lower-case hex without ``0x`` (and without the ``04`` point prefix)."""
+    body = key.lower().removeprefix("0x")
+    return body[2:] if len(body) == 130 and body.startswith("04") else body
+
+
+def _choose_web3signer_key(keys: list[str], wanted: str | None, where: str) -> tuple[str, str]:
+    """``(identifier, address)`` of the listed public key that ``wanted`` names."""
+    listed: list[tuple[str, str]] = []
+    for key in keys:
+        try:
+            listed.append((key, public_key_address(key)))
+        except (ValueError, TypeError):
+            raise ConfigError(f"signer: {where} listed {key!r}, which is not a secp256k1 public key") from None
+    if wanted is None:
+        if len(listed) != 1:
+            raise ConfigError(f"signer.key_id: {where} holds {len(listed)} keys; name one (public key or address)")
+        return listed[0]
+    needle = _bare(wanted)
+    for identifier, address in listed:
+        if needle in (_bare(identifier), address.lower()[2:]):
+            return identifier, address
+    raise ConfigError(f"signer.key_id: {where} holds no key {wanted!r} (it lists {len(listed)})")
+
+
+class RemoteSigner:
+    """One key on a key server. Holds an HTTP connection pool and the key's address, nothing secret."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        address: str,
+        *,
+        identifier: str | None = None,
+        backend: str = "remote",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._address = to_checksum_address(address)
+        self._key_id = settings.key_id
+        self._identifier = identifier  # web3signer: the public key as the server lists it
+        self.backend = backend
+        self.display_url = redacted(settings.url)
+        limits = httpx.Limits(
+            max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
+        )
+        self._http = httpx.AsyncClient(**_client_options(settings), limits=limits, transport=transport)
+
+    @classmethod
+    def connect(cls, settings: Settings, *, backend: str = "remote") -> RemoteSigner:
+        """Learn the key's address from the key server; a refusal or a mismatch is a :class:`ConfigError`."""
+        where = f"the key server at {redacted(settings.url)}"
+        identifier: str | None = None
+        try:
+            with httpx.Client(**_client_options(settings)) as http:
+                if settings.mode == "anode":
+                    assert settings.key_id is not None
+                    response = http.get(f"/keys/{quote(settings.key_id, safe='')}")
+                else:
+                    response = http.get("/api/v1/eth1/publicKeys")
+        except httpx.TimeoutException:
+            raise ConfigError(f"signer.url: {where} did not answer within {settings.timeout_seconds}s") from None
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"signer.url: cannot reach {where} ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            message = _refusal(response.status_code, where, settings.key_id, _server_message(response))
+            raise ConfigError(f"signer: {message}")
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise ConfigError(f"signer.url: {where} did not answer JSON: is it a key server?") from None
+        if settings.mode == "anode":
+            address = body.get("address") if isinstance(body, dict) else None
+            if not isinstance(address, str) or not _ADDRESS.match(address):
+                raise ConfigError(f"signer.url: {where} answered no address for key {settings.key_id!r}")
+        else:
+            if not isinstance(body, list) or not all(isinstance(key, str) for key in body):
+                raise ConfigError(f"signer.url: {where} did not list public keys: is it Web3Signer?")
+            identifier, address = _choose_web3signer_key(body, settings.key_id, where)
+        address = to_checksum_address(address)
+        if settings.address is not None and settings.address != address:
+            raise ConfigError(f"signer.address: {where} reports key address {address}, not {settings.address}")
+        return cls(settings, address, identifier=identifier, backend=backend)
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    async def unsafe_sign_hash(self, digest: bytes) -> SignedDigest:
+        if len(digest) != 32:
+            raise ValueError("unsafe_sign_hash takes a 32-byte digest")
+        if self._settings.mode == "web3signer":
+            raise SignerUnavailable(
+                "a Web3Signer key cannot sign a bare digest (Web3Signer signs keccak256 of what it is sent); "
+                "sign through sign_eip191",
+                code="ANODE_SIGNER_DIGEST_UNSUPPORTED",
+            )
+        body = {"algorithm": ALGORITHM, "data": "0x" + digest.hex(), "key_id": self._key_id}
+        response = await self._request("POST", "/sign", body)
+        try:
+            signature = orjson.loads(response.content)["signature"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise SignerUnavailable(f"{self._where()} answered no signature", code=BAD_SIGNATURE) from None
+        return self._checked(digest, signature)
+
+    async def sign_eip191(self, message_hash: bytes) -> SignedDigest:
+        """Sign ``toEthSignedMessageHash(message_hash)`` (what paymasters recover from), in either mode."""
+        if len(message_hash) != 32:
+            raise ValueError("sign_eip191 takes a 32-byte hash")
+        data = EIP191_PREFIX + message_hash
+        if self._settings.mode == "anode":
+            return await self.unsafe_sign_hash(keccak(data))
+        response = await self._request("POST", f"/api/v1/eth1/sign/{self._identifier}", {"data": "0x" + data.hex()})
+        text = response.text.strip().strip('"')
+        return self._checked(keccak(data), text)
+
+    async def health(self) -> None:
+        """Raise :class:`SignerUnavailable` unless the key server is up and still serves this key."""
+        if self._settings.mode == "web3signer":
+            await self._request("GET", "/upcheck", None)
+            return
+        response = await self._request("POST", "/health", None)
+        try:
+            body = orjson.loads(response.content)
+            served = {(key["key_id"], to_checksum_address(key["address"])) for key in body["keys"]}
+            ok = body["status"] == "ok"
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise SignerUnavailable(f"{self._where()} answered /health with no key list") from None
+        if not ok or (self._key_id, self._address) not in served:
+            raise SignerUnavailable(f"{self._where()} does not report key {self._key_id!r} ({self._address}) healthy")
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _where(self) -> str:
+        return f"remote signer: the key server at {self.display_url}"
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+        content = None if body is None else orjson.dumps(body)
+        headers = None if body is None else {"content-type": "application/json"}
+        for attempt in (1, 2):
+            try:
+                response = await self._http.request(method, path, content=content, headers=headers)
+                break
+            except httpx.TimeoutException:
+                raise SignerUnavailable(
+                    f"{self._where()} did not answer within {self._settings.timeout_seconds}s"
+                ) from None
+            except httpx.TransportError as exc:
+                if attempt == 2:
+                    raise SignerUnavailable(f"{self._where()} is unreachable ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            message = _refusal(response.status_code, self._where(), self._key_id, _server_message(response))
+            raise SignerUnavailable(message)
+        return response
+
+    def _checked(self, digest: bytes, signature: object) -> SignedDigest:
+        """The returned ``r ‖ s ‖ v`` as a canonical signature, if it recovers to this key's address."""
+        if not isinstance(signature, str) or not _SIGNATURE.match(signature):
+            raise SignerUnavailable(f"{self._where()} answered a malformed signature", code=BAD_SIGNATURE)
+        raw = bytes.fromhex(signature.removeprefix("0x"))
+        r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
+        v = v + 27 if v in (0, 1) else v
+        if v not in (27, 28) or not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
+            raise SignerUnavailable(f"{self._where()} answered an out-of-range signature", code=BAD_SIGNATURE)
+        if s > _HALF_N:  # the other valid s of the same signature; recovery flips with it
+            s, v = SECP256K1_N - s, 55 - v
+        rs = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        try:
+            point = PublicKey.from_signature_and_message(rs + bytes([v - 27]), digest, hasher=None)
+            recovered = to_checksum_address(keccak(point.format(compressed=False)[1:])[12:])
+        except ValueError:
+            recovered = None
+        if recovered != self._address:
+            raise SignerUnavailable(
+                f"{self._where()} returned a signature that does not recover to {self._address} "
+                "(another key signed, or the server hashed the digest again)",
+                code=BAD_SIGNATURE,
+            )
+        return SignedDigest(digest=digest, r=r, s=s, v=v, signer=self._address)
+
+    def __repr__(self) -> str:
+        key = f"key_id={self._key_id}, " if self._key_id else ""
+        return f"{type(self).__name__}(url={self.display_url}, {key}address={self._address})"
+
+
+def build(settings: Settings) -> RemoteSigner:
+    return RemoteSigner.connect(settings)
