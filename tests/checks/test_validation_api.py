@@ -19,7 +19,6 @@ import pytest
 from fastapi import FastAPI
 
 from anode.api.app import create_app
-from anode.api.rest import validation
 from anode.config import validate_settings
 from anode.devchain.anvil import Anvil
 from anode.wiring import Anode, build
@@ -54,10 +53,7 @@ def pnt_module(contracts: CheckContracts, **overrides: Any) -> dict[str, Any]:
 
 
 def app_for(anode: Anode) -> FastAPI:
-    app = create_app(anode, manage_lifecycle=False)
-    if not any(getattr(route, "path", None) == "/api/v1/validation/sbt/{address}" for route in app.routes):
-        app.include_router(validation.router)  # until app.py includes it
-    return app
+    return create_app(anode, manage_lifecycle=False)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
 from anode.api.app import create_app
-from anode.api.rest import policies as policies_api
 from anode.config import validate_settings
 from anode.wiring import Anode, build
 from tests.integration.test_api_errors import API_KEY, CHAIN_ID, EP07, fuzzed_ops, json_values, settings_tree, user_op
@@ -32,10 +31,7 @@ PIPELINE = {"modules": [{"name": "policy_engine"}, {"name": "paymaster_signer"}]
 
 
 def app_of(anode: Anode) -> FastAPI:
-    app = create_app(anode, manage_lifecycle=False)
-    if not any(getattr(route, "path", "") == "/api/v1/policies" for route in app.routes):
-        app.include_router(policies_api.router)  # until the lead includes it in create_app
-    return app
+    return create_app(anode, manage_lifecycle=False)
 
 
 @pytest.fixture

@@ -18,10 +18,8 @@ import pytest
 import sqlalchemy as sa
 from eth_abi import encode
 from eth_utils.address import to_checksum_address
-from fastapi import FastAPI
 
 from anode.api.app import create_app
-from anode.api.rest import security
 from anode.config import validate_settings
 from anode.devchain.anvil import Anvil
 from anode.pipeline.security.decode import EXECUTE
@@ -70,13 +68,6 @@ def tree(tmp_path: Path, rpc_url: str) -> dict[str, Any]:
     }
 
 
-def with_assess(app: FastAPI) -> FastAPI:
-    """The lead's ``create_app`` includes the router; until then this test mounts it."""
-    if not any(getattr(route, "path", None) == "/api/v1/security/assess" for route in app.routes):
-        app.include_router(security.router)
-    return app
-
-
 @pytest.fixture
 async def servers(tmp_path: Path, anvil: Anvil) -> AsyncIterator[Callable[[], Any]]:
     """Start a server (each call: a new process, as far as state goes) on the same database."""
@@ -84,7 +75,7 @@ async def servers(tmp_path: Path, anvil: Anvil) -> AsyncIterator[Callable[[], An
 
     async def start() -> tuple[Anode, httpx.AsyncClient]:
         anode = build(validate_settings(tree(tmp_path, anvil.rpc_url)))
-        app = with_assess(create_app(anode, manage_lifecycle=False))
+        app = create_app(anode, manage_lifecycle=False)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://anode")
         started.append((anode, client))
         return anode, client
