@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anode import custody_cli
 from anode.config import Settings, load_settings
 from anode.errors import AnodeError, ConfigError
 from anode.keyserver.cli import add_commands as add_keyserver_commands
@@ -102,15 +103,18 @@ def _keys_revoke(args: argparse.Namespace) -> None:
 def _keys_address(args: argparse.Namespace) -> None:
     import asyncio
 
-    from anode.signers.registry import build_signer
+    from anode.signers.manager import ManagedSigner
 
-    signer = build_signer(_settings(args).signer)
-    print(signer.address)
+    signer = ManagedSigner.from_settings(_settings(args).signer)
+    for name, kind, address in signer.backends:
+        print(address if len(signer.backends) == 1 else f"{address}  {name} ({kind})")
     asyncio.run(signer.aclose())
 
 
 def _keys_generate(args: argparse.Namespace) -> None:
-    settings = _settings(args).signer
+    from anode.signers.manager_settings import backend_settings
+
+    settings = backend_settings(_settings(args).signer)[0]  # the primary's backend
     if settings.type == "aws_kms":
         from anode.signers import aws_kms
 
@@ -204,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     db_upgrade = db.add_parser("upgrade", help="apply migrations (serve does this at start-up too)")
     db_upgrade.add_argument("--config")
     db_upgrade.set_defaults(run=_db_upgrade)
+
+    custody_cli.add_key_commands(keys)
+    custody_cli.add_audit_commands(commands)
     return root
 
 

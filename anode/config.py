@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from anode.errors import ConfigError
+from anode.signers.manager_settings import ManagerSettings
 from anode.signers.registry import SignerSettingsBase
 from anode.userop.codec import parse_address
 
@@ -53,6 +54,19 @@ def _signer_settings(value: Any) -> SignerSettingsBase:
 
 #: validated by the configured backend's own settings model (``anode/signers/registry.py``)
 SignerConfig = Annotated[SignerSettingsBase, BeforeValidator(_signer_settings)]
+
+
+def _managed_signer_settings(value: Any) -> SignerSettingsBase | ManagerSettings:
+    from anode.signers.manager_settings import signer_config
+
+    try:
+        return signer_config(value)
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
+
+
+#: the server's ``signer:``: one backend, or a manager (``primary``, ``backups``, ``retiring``, …)
+ManagedSignerConfig = Annotated[SignerSettingsBase | ManagerSettings, BeforeValidator(_managed_signer_settings)]
 
 
 class PaymasterSettings(_Section):
@@ -111,7 +125,7 @@ class Settings(_Section):
     environment: Literal["development", "production"] = "development"
     #: may carry the database password: kept out of repr/str
     database_url: str = Field("sqlite:///anode.db", repr=False)
-    signer: SignerConfig
+    signer: ManagedSignerConfig
     chains: list[ChainSettings] = Field(min_length=1)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     sponsorship: SponsorshipSettings = Field(default_factory=SponsorshipSettings)

@@ -11,6 +11,7 @@ from anode.chain.bundler import BundlerClient
 from anode.chain.client import ChainClient
 from anode.config import Settings
 from anode.errors import ConfigError
+from anode.metrics import Metrics
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.base import Module
 from anode.pipeline.deps import Dependencies, TTLCache
@@ -19,8 +20,10 @@ from anode.pipeline.routes import Route, RouteTable, build_family, entry_point_v
 from anode.pipeline.runner import Pipeline
 from anode.pipeline.selfcheck import verified_family
 from anode.pipeline.sponsor import SponsorshipService
-from anode.signers.base import Signer
-from anode.signers.registry import IN_MEMORY_BACKENDS, build_signer, check_production
+from anode.signers.manager import ManagedSigner, PaymasterTarget
+from anode.signers.manager_settings import backend_settings
+from anode.signers.registry import IN_MEMORY_BACKENDS, check_production
+from anode.signers.rotation import acceptance_check
 from anode.store.api_keys import SqlApiKeys
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import Ledger, SqlLedger
@@ -37,7 +40,7 @@ class Anode:
     """Everything a running server holds, built from settings."""
 
     settings: Settings
-    signer: Signer
+    signer: ManagedSigner
     routes: RouteTable
     ledger: Ledger
     service: SponsorshipService
@@ -47,6 +50,7 @@ class Anode:
     key_store: SqlApiKeys | None = None
     #: the ``paymaster_signer`` step is enabled: operations that pass are signed
     signing: bool = True
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def start(self) -> None:
         """Check every configured chain against its node: a mismatch refuses to start."""
@@ -69,8 +73,10 @@ class Anode:
                 "NO API KEYS CONFIGURED: anyone who can reach this server can spend the paymaster deposit "
                 "(set auth.api_keys)"
             )
-        if self.signer.backend in IN_MEMORY_BACKENDS and self.settings.environment == "production":
-            log.warning("a %s key (plain form, in process memory) signs in production", self.signer.backend)
+        await self.signer.start()
+        for name, kind, _ in self.signer.backends:
+            if kind in IN_MEMORY_BACKENDS and self.settings.environment == "production":
+                log.warning("signer %s: a %s key (plain form, in process memory) signs in production", name, kind)
         log.info("aNode signing as %s (%s)", self.signer.address, self.signer.backend)
 
     async def aclose(self) -> None:
@@ -86,9 +92,10 @@ class Anode:
             await self.deps.redis.aclose()
 
 
-def build(settings: Settings, *, migrate: bool = True) -> Anode:
-    check_production(settings.signer, settings.environment)
-    signer = build_signer(settings.signer)
+def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None = None) -> Anode:
+    for backend in backend_settings(settings.signer):
+        check_production(backend, settings.environment)
+    metrics = metrics if metrics is not None else Metrics()
     engine = create_engine(settings.database_url)
     if migrate:
         upgrade(engine)
@@ -112,6 +119,16 @@ def build(settings: Settings, *, migrate: bool = True) -> Anode:
     if len({(route.chain_id, route.entry_point) for route in routes}) != len(routes):
         raise ConfigError("each (chain, entry_point) pair may have one paymaster")
     table = RouteTable(routes)
+    targets = [
+        PaymasterTarget(
+            r.chain_id,
+            r.paymaster.address,
+            r.paymaster.name,
+            acceptance_check(r.chain, r.paymaster.address, r.paymaster.name),
+        )
+        for r in routes
+    ]
+    signer = ManagedSigner.from_settings(settings.signer, metrics=metrics, targets=targets)
     project_keys = [key.get_secret_value() for key in settings.auth.api_keys]
     admin_keys = [key.get_secret_value() for key in settings.auth.admin_keys]
     key_store = SqlApiKeys(engine)
@@ -132,9 +149,21 @@ def build(settings: Settings, *, migrate: bool = True) -> Anode:
             redis = Redis(connection_pool=pool)
         deps = Dependencies(settings=settings, engine=engine, cache=_cache(redis), redis=redis)
         modules, signing = build_modules(settings.pipeline.modules, deps)
-    service = SponsorshipService(table, signer, ledger, settings.sponsorship, Pipeline(modules), signing=signing)
+    service = SponsorshipService(
+        table, signer, ledger, settings.sponsorship, Pipeline(modules), signing=signing, metrics=metrics
+    )
     return Anode(
-        settings, signer, table, ledger, service, api_keys, clients, deps=deps, key_store=key_store, signing=signing
+        settings,
+        signer,
+        table,
+        ledger,
+        service,
+        api_keys,
+        clients,
+        deps=deps,
+        key_store=key_store,
+        signing=signing,
+        metrics=metrics,
     )
 
 

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from anode.api import errors
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.dispatch import dispatch
-from anode.api.rest import health, keys, operations, paymaster, policies, process, security, validation
+from anode.api.rest import health, keys, metrics, operations, paymaster, policies, process, security, validation
 from anode.errors import AnodeError, Unauthorized
 from anode.wiring import Anode
 
@@ -65,7 +65,9 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
         except Unauthorized as exc:
             body = {"jsonrpc": "2.0", "id": None, "error": errors.rpc_error(exc)}
             return errors.json_response(body, 401)
-        ctx = CallContext(anode.service, api_key_id, sponsor.sponsor_name, sponsor.sponsor_icon)
+        ctx = CallContext(
+            anode.service, api_key_id, sponsor.sponsor_name, sponsor.sponsor_icon, request.state.request_id
+        )
         answer = await dispatch(await request.body(), ctx)
         if answer is None:
             return Response(status_code=204)
@@ -83,6 +85,8 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(policies.router)
     app.include_router(operations.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.add_middleware(metrics.RequestObserver, metrics=anode.metrics)
     app.add_exception_handler(AnodeError, errors.anode_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
     app.add_exception_handler(Exception, errors.unexpected_error_handler)

@@ -18,11 +18,13 @@ from typing import Any
 
 from anode.config import SponsorshipSettings
 from anode.errors import BundlerUnavailable, ConfirmationRequired, InvalidRequest, SponsorshipRefused
+from anode.metrics import Metrics
 from anode.paymasters.base import ValidityWindow, dummy_signature
 from anode.pipeline.base import Context
 from anode.pipeline.routes import Route, RouteTable
 from anode.pipeline.runner import Pipeline, PipelineReport
-from anode.signers.base import Signer, sign_eip191
+from anode.signers.base import SignedDigest, Signer, sign_eip191
+from anode.signers.manager import ManagedSigner
 from anode.store.ledger import Ledger, SponsorshipRecord
 from anode.userop.codec import checksum, to_hex
 from anode.userop.hashing import user_op_hash
@@ -39,6 +41,8 @@ class SponsorRequest:
     context: Any | None
     method: str
     api_key_id: str | None = None
+    #: the HTTP request's id (``X-Request-Id``), recorded in the audit log with the signature
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +72,9 @@ class SponsorshipService:
         clock: Callable[[], float] = time.time,
         *,
         signing: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.pipeline = pipeline or Pipeline([])
         self.signing = signing
         self.routes = routes
@@ -129,23 +135,26 @@ class SponsorshipService:
 
     async def stub(self, request: SponsorRequest) -> Sponsored:
         """Stub paymaster data: final length, a dummy signature, the same checks as the real call."""
-        route, op, window = self._prepare(request)
-        _, report = await self._evaluate(route, op, window, request, final=False)
-        family = route.paymaster
-        stubbed = family.attach(op, family.encode(window, dummy_signature()))
-        return Sponsored(route=route, op=stubbed, window=window, user_op_hash=None, report=report)
+        with self.metrics.sponsorship(request.method):
+            route, op, window = self._prepare(request)
+            _, report = await self._evaluate(route, op, window, request, final=False)
+            family = route.paymaster
+            stubbed = family.attach(op, family.encode(window, dummy_signature()))
+            return Sponsored(route=route, op=stubbed, window=window, user_op_hash=None, report=report)
 
     async def sign(self, request: SponsorRequest) -> Sponsored:
         """Signed paymaster data, recorded in the ledger before it is returned."""
-        route, op, window = self._prepare(request)
-        op.require_gas_fields(request.user_op)
-        return await self._decide_and_sign(route, op, window, request)
+        with self.metrics.sponsorship(request.method):
+            route, op, window = self._prepare(request)
+            op.require_gas_fields(request.user_op)
+            return await self._decide_and_sign(route, op, window, request)
 
     async def decide(self, request: SponsorRequest) -> PipelineReport:
         """The pipeline's decision alone (nothing reserved, nothing signed): ``paymaster_signer`` disabled."""
-        route, op, window = self._prepare(request)
-        _, report = await self._evaluate(route, op, window, request, final=False)
-        return report
+        with self.metrics.sponsorship(request.method):
+            route, op, window = self._prepare(request)
+            _, report = await self._evaluate(route, op, window, request, final=False)
+            return report
 
     async def _decide_and_sign(
         self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest
@@ -167,6 +176,10 @@ class SponsorshipService:
 
     async def estimate_and_sign(self, request: SponsorRequest) -> Sponsored:
         """``pm_sponsorUserOperation``: estimate gas through the bundler with stub data, then sign."""
+        with self.metrics.sponsorship(request.method):
+            return await self._estimate_and_sign(request)
+
+    async def _estimate_and_sign(self, request: SponsorRequest) -> Sponsored:
         route, op, window = self._prepare(request)
         if route.bundler is None:
             raise BundlerUnavailable(
@@ -201,7 +214,14 @@ class SponsorshipService:
         if family.needs_sender_nonce:
             sender_nonce = await route.chain.sender_nonce(family.address, op.sender)
         digest = family.digest(placeholder, window, route.chain_id, sender_nonce)
-        signed = await sign_eip191(self.signer, digest)
+        signer = self.signer
+        signed: SignedDigest
+        if isinstance(signer, ManagedSigner):
+            signed = await signer.sign_eip191_for(family.address, digest, chain_id=route.chain_id)
+            backend = signed.backend
+        else:
+            signed = await sign_eip191(signer, digest)
+            backend = signer.backend
         final = family.attach(op, family.encode(window, signed.signature))
         op_hash = user_op_hash(final, route.version, route.entry_point, route.chain_id)
         await self.ledger.record(
@@ -219,6 +239,8 @@ class SponsorshipService:
                 signer=signed.signer,
                 api_key_id=request.api_key_id,
                 method=request.method,
+                backend=backend,
+                request_id=request.request_id,
             )
         )
         return Sponsored(route=route, op=final, window=window, user_op_hash=op_hash)

@@ -4,6 +4,9 @@
 (group commit): while one batch is being written, the next accumulates, so a busy server pays one
 transaction per batch instead of one per request. A failed write fails every request in the batch
 with ``StoreUnavailable``: nothing is signed that is not on the books.
+
+The same transaction appends each signature to the hash-chained audit log (``store/audit.py``):
+a signature is in the ledger and in the audit chain together, or in neither.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from anode.errors import StoreUnavailable
+from anode.store import audit
 from anode.store.tables import sponsorships
 
 MAX_BATCH = 512
@@ -37,6 +41,13 @@ class SponsorshipRecord:
     signer: str
     api_key_id: str | None
     method: str
+    #: the signing backend (its name in the signer manager), for the audit log
+    backend: str | None = None
+    #: the HTTP request that asked for the signature, for the audit log
+    request_id: str | None = None
+
+
+_COLUMNS = tuple(column.name for column in sponsorships.columns if column.name != "id")
 
 
 class Ledger(Protocol):
@@ -99,7 +110,8 @@ class SqlLedger:
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self._engine.begin() as connection:
-            connection.execute(sponsorships.insert(), rows)
+            connection.execute(sponsorships.insert(), [{name: row[name] for name in _COLUMNS} for row in rows])
+            audit.append(connection, [{**row, "kind": audit.SIGNATURE} for row in rows])
 
     async def find(
         self,
@@ -167,3 +179,17 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
         created = created.replace(tzinfo=UTC)
     row["created_at"] = created.isoformat()
     return row
+
+
+def max_valid_until(engine: sa.Engine, signer: str, paymaster: str, chain_id: int) -> int | None:
+    """The latest ``validUntil`` ``signer`` has signed for ``paymaster`` (key rotation waits it out)."""
+    c = sponsorships.c
+    query = sa.select(sa.func.max(c.valid_until)).where(
+        c.signer == signer, c.paymaster == paymaster, c.chain_id == chain_id
+    )
+    try:
+        with engine.connect() as connection:
+            value = connection.execute(query).scalar()
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreUnavailable(f"the sponsorship ledger could not be read ({type(exc).__name__})") from None
+    return None if value is None else int(value)

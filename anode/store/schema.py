@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from anode.policy.tables import policies, policy_usage
 from anode.store.api_keys import api_keys
+from anode.store.audit import audit_head, audit_log
 from anode.store.confirmations import confirmations
 from anode.store.tables import metadata, sponsorships
 
 __all__ = [
     "api_keys",
+    "audit_head",
+    "audit_log",
     "confirmations",
     "metadata",
     "policies",

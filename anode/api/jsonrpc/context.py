@@ -13,3 +13,4 @@ class CallContext:
     api_key_id: str | None
     sponsor_name: str
     sponsor_icon: str | None
+    request_id: str | None = None

@@ -52,9 +52,12 @@ async def health(request: Request) -> Any:
             status["error"] = exc.message
         status["paymasters"] = list(await asyncio.gather(*(_paymaster_health(r) for r in routes)))
         chains.append(status)
+    signing = anode.signer.health()
+    healthy = healthy and signing["status"] != "down"
     body = {
         "status": "ok" if healthy else "degraded",
         "signer": {"address": anode.signer.address, "backend": anode.signer.backend},
+        "signing": signing,
         "chains": chains,
     }
     return json_response(body, 200 if healthy else 503)

@@ -24,7 +24,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorReply} for code
 async def sponsor(api_key_id: CallerKeyId, body: SponsorBody, request: Request) -> dict[str, Any]:
     service: SponsorshipService = request.app.state.anode.service
     sponsor_request = SponsorRequest(
-        body.user_operation, body.entry_point, body.chain_id, body.context, "rest.sponsor", api_key_id
+        body.user_operation,
+        body.entry_point,
+        body.chain_id,
+        body.context,
+        "rest.sponsor",
+        api_key_id,
+        request.state.request_id,
     )
     has_gas = all(
         name in body.user_operation for name in ("callGasLimit", "verificationGasLimit", "preVerificationGas")

@@ -19,6 +19,12 @@ async def process(api_key_id: CallerKeyId, body: SponsorBody, request: Request) 
     """Checks (SBT, PNT, security) → policies → signature. A warning answers ``requiresConfirmation``
     with a ``confirmationToken``; send the same operation again with ``context.confirmationToken``."""
     sponsor_request = SponsorRequest(
-        body.user_operation, body.entry_point, body.chain_id, body.context, "rest.process", api_key_id
+        body.user_operation,
+        body.entry_point,
+        body.chain_id,
+        body.context,
+        "rest.process",
+        api_key_id,
+        request.state.request_id,
     )
     return await flow.process(request.app.state.anode.service, sponsor_request)

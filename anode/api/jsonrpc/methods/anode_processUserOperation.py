@@ -16,5 +16,7 @@ PARAMS = (USER_OP, ENTRY_POINT, Param("chainId", required=False, kinds=(str, int
 
 async def handle(params: Any, ctx: CallContext) -> dict[str, Any]:
     p = bind(NAME, params, PARAMS)
-    request = SponsorRequest(p["userOp"], p["entryPoint"], p["chainId"], p["context"], NAME, ctx.api_key_id)
+    request = SponsorRequest(
+        p["userOp"], p["entryPoint"], p["chainId"], p["context"], NAME, ctx.api_key_id, ctx.request_id
+    )
     return await flow.process(ctx.service, request)

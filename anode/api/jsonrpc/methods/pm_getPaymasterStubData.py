@@ -16,6 +16,6 @@ PARAMS = (USER_OP, ENTRY_POINT, CHAIN_ID, CONTEXT)
 async def handle(params: Any, ctx: CallContext) -> dict[str, Any]:
     p = bind(NAME, params, PARAMS)
     result = await ctx.service.stub(
-        SponsorRequest(p["userOp"], p["entryPoint"], p["chainId"], p["context"], NAME, ctx.api_key_id)
+        SponsorRequest(p["userOp"], p["entryPoint"], p["chainId"], p["context"], NAME, ctx.api_key_id, ctx.request_id)
     )
     return {**paymaster_fields(result), "sponsor": sponsor_info(ctx.sponsor_name, ctx.sponsor_icon), "isFinal": False}

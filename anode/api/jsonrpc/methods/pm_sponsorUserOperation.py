@@ -20,6 +20,6 @@ PARAMS = (USER_OP, ENTRY_POINT, CONTEXT)
 async def handle(params: Any, ctx: CallContext) -> dict[str, Any]:
     p = bind(NAME, params, PARAMS)
     result = await ctx.service.estimate_and_sign(
-        SponsorRequest(p["userOp"], p["entryPoint"], None, p["context"], NAME, ctx.api_key_id)
+        SponsorRequest(p["userOp"], p["entryPoint"], None, p["context"], NAME, ctx.api_key_id, ctx.request_id)
     )
     return {**gas_fields(result), **paymaster_fields(result)}
