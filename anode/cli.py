@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -18,25 +19,47 @@ if TYPE_CHECKING:
     from anode.store.api_keys import SqlApiKeys
 
 
-def serve_settings(settings: Settings, host: str | None, port: int | None) -> None:
-    import uvicorn
-
-    from anode.api.app import create_app
-    from anode.wiring import build
-
+def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request URL at INFO; node and bundler URLs often carry provider keys
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = create_app(build(settings))
-    uvicorn.run(
-        app,
-        host=host or settings.server.host,
-        port=settings.server.port if port is None else port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+
+
+def serve_settings(
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    *,
+    workers: int | None = None,
+    config_path: Path | None = None,
+) -> None:
+    """Serve ``settings``; with several workers each process builds its own aNode from ``config_path``."""
+    import uvicorn
+
+    from anode.api.app import create_app
+    from anode.store.database import create_engine, upgrade
+    from anode.wiring import build
+
+    configure_logging(settings)
+    count = workers or settings.server.workers
+    options = {
+        "host": host or settings.server.host,
+        "port": settings.server.port if port is None else port,
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "loop": "uvloop",
+        "http": "httptools",
+    }
+    if count == 1:
+        uvicorn.run(create_app(build(settings)), **options)  # type: ignore[arg-type]
+        return
+    if config_path is None:
+        raise ConfigError("several workers need the configuration in a file: pass --config FILE")
+    engine = create_engine(settings.database_url)
+    upgrade(engine)  # once, before the workers start, so they never race on migrations
+    engine.dispose()
+    os.environ["ANODE_CONFIG"] = str(config_path.resolve())
+    uvicorn.run("anode.api.asgi:app_from_environment", factory=True, workers=count, **options)  # type: ignore[arg-type]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -44,15 +67,21 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    if not args.config and not any(name.startswith("ANODE_") for name in __import__("os").environ):
+    if not args.config and not any(name.startswith("ANODE_") for name in os.environ):
         raise ConfigError("pass --config FILE (see config.example.yaml), or run `anode sandbox` for a local sandbox")
-    serve_settings(_settings(args), args.host, args.port)
+    serve_settings(
+        _settings(args),
+        args.host,
+        args.port,
+        workers=args.workers,
+        config_path=Path(args.config) if args.config else None,
+    )
 
 
 def _sandbox(args: argparse.Namespace) -> None:
     from anode.sandbox import run_sandbox
 
-    run_sandbox(Path(args.workdir), args.host, args.port, args.anvil_port)
+    run_sandbox(Path(args.workdir), args.host, args.port, args.anvil_port, args.workers)
 
 
 def _ops_list(args: argparse.Namespace) -> None:
@@ -164,12 +193,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (ANODE_* environment variables override it)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="server processes (default server.workers, 1)")
     serve.set_defaults(run=_serve)
 
     sandbox = commands.add_parser("sandbox", help="local chain with all contracts, and aNode serving on it")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8080)
     sandbox.add_argument("--anvil-port", type=int, default=8545)
+    sandbox.add_argument("--workers", type=int, default=1, help="server processes")
     sandbox.add_argument("--workdir", default=".anode", help="where the dev key, config and database live")
     sandbox.set_defaults(run=_sandbox)
 

@@ -119,6 +119,9 @@ class PipelineSettings(_Section):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, lt=65536)
+    #: server processes sharing the port (one Python process uses one core). Every piece of shared
+    #: state (ledger, limits, confirmations, audit chain) lives in the database or Redis.
+    workers: int = Field(1, ge=1, le=64)
 
 
 class Settings(_Section):

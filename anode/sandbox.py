@@ -67,7 +67,7 @@ def example_request(url: str, entry_point: str, chain_id: int) -> str:
     return f"curl -s {url}/api/v1/rpc -H 'content-type: application/json' -d '{json.dumps(body)}'"
 
 
-def run_sandbox(workdir: Path, host: str, port: int, anvil_port: int) -> None:
+def run_sandbox(workdir: Path, host: str, port: int, anvil_port: int, workers: int = 1) -> None:
     from anode.cli import serve_settings
     from anode.config import validate_settings
 
@@ -94,4 +94,4 @@ def run_sandbox(workdir: Path, host: str, port: int, anvil_port: int) -> None:
         print(f"  serving on {url}  (JSON-RPC {url}/api/v1/rpc, docs {url}/docs)")
         print("  try:")
         print("    " + example_request(url, deployment.entry_points["v0.7"], deployment.chain_id))
-        serve_settings(validate_settings(tree), host, port)
+        serve_settings(validate_settings(tree), host, port, workers=workers, config_path=config_path)

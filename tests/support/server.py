@@ -19,7 +19,7 @@ from anode.devchain.anvil import free_port
 
 
 @contextmanager
-def running_server(config: dict[str, Any], *, env: dict[str, str] | None = None) -> Iterator[str]:
+def running_server(config: dict[str, Any], *, env: dict[str, str] | None = None, workers: int = 1) -> Iterator[str]:
     """Start ``anode serve --config`` with ``config``; yield its base URL; stop it afterwards."""
     with tempfile.TemporaryDirectory(prefix="anode-server-") as tmp:
         path = Path(tmp) / "config.yaml"
@@ -30,7 +30,18 @@ def running_server(config: dict[str, Any], *, env: dict[str, str] | None = None)
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "anode.cli", "serve", "--config", str(path), "--port", str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "anode.cli",
+                    "serve",
+                    "--config",
+                    str(path),
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},

@@ -1,0 +1,69 @@
+"""``anode serve --workers 2``: two processes share the port, the ledger and the audit chain.
+
+Every signed operation is recorded exactly once, and the hash chain the two processes append to
+stays unbroken (``anode audit verify``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from anode.devchain.anvil import Anvil
+from anode.devchain.deploy import Deployment
+from tests.support.server import running_server
+from tests.support.wallet import server_config
+
+REQUESTS = 120
+
+
+async def _sponsor_many(url: str, entry_point: str, chain_id: int) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def one(nonce: int) -> dict[str, Any]:
+            op = {
+                "sender": "0x" + "c3" * 20,
+                "nonce": hex(nonce),
+                "callData": "0x",
+                "callGasLimit": "0x10000",
+                "verificationGasLimit": "0x10000",
+                "preVerificationGas": "0x5000",
+                "maxFeePerGas": "0x3b9aca00",
+                "maxPriorityFeePerGas": "0x1",
+            }
+            body = {
+                "jsonrpc": "2.0",
+                "id": nonce,
+                "method": "pm_getPaymasterData",
+                "params": [op, entry_point, hex(chain_id), {}],
+            }
+            reply: dict[str, Any] = (await client.post(f"{url}/api/v1/rpc", json=body)).json()
+            return reply
+
+        return await asyncio.gather(*(one(n) for n in range(REQUESTS)))
+
+
+def test_two_workers_record_every_signature_on_one_audit_chain(
+    anvil: Anvil, deployment: Deployment, paymaster_key: str, tmp_path: Path
+) -> None:
+    config = server_config(anvil, deployment, paymaster_key, [("verifying", "v0.7")])
+    config["database_url"] = f"sqlite:///{tmp_path / 'shared.db'}"
+    with running_server(config, workers=2) as url:
+        replies = asyncio.run(_sponsor_many(url, deployment.entry_points["v0.7"], deployment.chain_id))
+        assert all("result" in reply for reply in replies), [r for r in replies if "result" not in r][:1]
+        books = httpx.get(f"{url}/api/v1/operations", params={"limit": 1000}).json()
+        assert books["count"] == REQUESTS
+        assert len({row["user_op_hash"] for row in books["operations"]}) == REQUESTS
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    verified = subprocess.run(
+        [sys.executable, "-m", "anode.cli", "audit", "verify", "--config", str(config_file)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
