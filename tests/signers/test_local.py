@@ -35,15 +35,16 @@ class TestLocalSigner(SignerContract):
         return [LOCAL_KEY[2:], LOCAL_KEY[2:].upper()]
 
 
+@pytest.fixture(scope="module")
+def keystore(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    document = Account.encrypt(KEYSTORE_KEY, PASSWORD, kdf="pbkdf2", iterations=2)  # type: ignore[arg-type]
+    path = tmp_path_factory.mktemp("keystore") / "key.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
 class TestKeystoreSigner(SignerContract):
     backend = "keystore"
-
-    @pytest.fixture(scope="class")
-    def keystore(self, tmp_path_factory: pytest.TempPathFactory) -> Path:
-        document = Account.encrypt(KEYSTORE_KEY, PASSWORD, kdf="pbkdf2", iterations=2)  # type: ignore[arg-type]
-        path = tmp_path_factory.mktemp("keystore") / "key.json"
-        path.write_text(json.dumps(document))
-        return path
 
     @pytest.fixture
     def signer_config(self, keystore: Path) -> dict[str, Any]:
