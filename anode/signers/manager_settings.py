@@ -73,7 +73,8 @@ class ManagerSettings(_Section):
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
     #: health probes and on-chain acceptance checks; 0 checks at start-up only
     health_interval_s: float = Field(10.0, ge=0, le=86_400)
-    #: recover every signature to its backend's address before returning it (~40 µs)
+    #: recover every signature of an out-of-process backend (KMS, HSM, remote, Vault…) to its address
+    #: before returning it (~40 µs); in-process keys (local, keystore, mnemonic) sign with their own key
     verify_signatures: bool = True
 
 
