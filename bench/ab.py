@@ -49,7 +49,8 @@ def variant_server(name: str, prefix: str, workdir: Path) -> Iterator[Server]:
     if "{config}" in prefix:
         command = prefix.format(config=shlex.quote(str(config)), port=port)
     else:
-        command = f"env {prefix} {shlex.quote(sys.executable)} -m anode.cli serve --config {config} --port {port}"
+        python = shlex.quote(sys.executable)
+        command = f"env {prefix} {python} -m anode.cli serve --config {shlex.quote(str(config))} --port {port}"
     log = (workdir / f"variant-{name}.log").open("wb")
     process = subprocess.Popen(
         ["sh", "-c", f"exec {command}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from eth_utils.crypto import keccak
+from anode.userop.keccak import keccak
 
 EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141

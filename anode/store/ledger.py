@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -50,6 +50,10 @@ class SponsorshipRecord:
 _COLUMNS = tuple(column.name for column in sponsorships.columns if column.name != "id")
 
 
+#: record fields, copied shallowly for the insert (every value is immutable; ``asdict`` deep-copies)
+_RECORD_FIELDS = tuple(field.name for field in fields(SponsorshipRecord))
+
+
 class Ledger(Protocol):
     async def record(self, entry: SponsorshipRecord) -> None: ...
 
@@ -78,7 +82,7 @@ class SqlLedger:
     async def record(self, entry: SponsorshipRecord) -> None:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((asdict(entry), done))
+        self._pending.append(({name: getattr(entry, name) for name in _RECORD_FIELDS}, done))
         if not self._flushing:
             self._flushing = True
             self._flusher = loop.create_task(self._flush())

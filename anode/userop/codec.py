@@ -7,10 +7,12 @@ the edge, with messages that say what is wrong; everything inside aNode works on
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Any
 
-from eth_utils.address import to_checksum_address
 from pydantic import BeforeValidator, PlainSerializer
+
+from anode.userop.keccak import keccak
 
 UINT256_MAX = (1 << 256) - 1
 UINT128_MAX = (1 << 128) - 1
@@ -66,8 +68,17 @@ def to_quantity(value: int) -> str:
     return hex(value)
 
 
+@lru_cache(maxsize=4096)
 def checksum(address: bytes) -> str:
-    return to_checksum_address(address)
+    """EIP-55 mixed-case hex of a 20-byte address.
+
+    Cached, because the same few addresses (EntryPoints, paymasters, the signer) come back on every
+    request, and written out rather than ``eth_utils.to_checksum_address``, whose input checks
+    cost more than the one keccak this needs.
+    """
+    lower = address.hex()
+    nibbles = keccak(lower.encode()).hex()[: len(lower)]
+    return "0x" + "".join(c.upper() if n >= "8" else c for c, n in zip(lower, nibbles, strict=True))
 
 
 Quantity = Annotated[int, BeforeValidator(parse_quantity), PlainSerializer(to_quantity, return_type=str)]

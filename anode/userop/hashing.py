@@ -6,14 +6,9 @@ tests prove byte equality against the EntryPoints' own ``getUserOpHash`` on anvi
 
 from __future__ import annotations
 
-from Crypto.Hash import keccak as _keccak
-
+from anode.userop.keccak import keccak as keccak  # re-exported: families hash with it
 from anode.userop.models import UserOperation, UserOperationV06, UserOperationV07
 from anode.userop.versions import EntryPointVersion
-
-
-def keccak(data: bytes) -> bytes:
-    return _keccak.new(data=data, digest_bits=256).digest()
 
 
 def word(value: int) -> bytes:

@@ -1,0 +1,78 @@
+"""``POST /api/v1/rpc`` (and ``POST /``) served as bare ASGI, ahead of FastAPI's router.
+
+A JSON-RPC call is one body in and one body out; FastAPI's route machinery around it (request
+object, dependency solving, exception and exit-stack layers, response class) costs more per call
+than parsing, validating and stubbing the userOp. This middleware answers those two paths itself;
+every other request passes through. The FastAPI route stays registered, so ``/docs`` still
+describes the endpoint, and is put in ``scope["route"]`` as the router would, for the metrics
+middleware's route label. Add this middleware *before* ``RequestObserver`` so that it runs inside
+it (request ids, latency metrics). An unexpected exception propagates to Starlette's error
+middleware, as it did from the route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from anode.api.errors import rpc_error
+from anode.api.jsonrpc.context import CallContext
+from anode.api.jsonrpc.dispatch import dispatch
+from anode.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from anode.wiring import Anode
+
+RPC_PATHS = frozenset({"/api/v1/rpc", "/"})
+_JSON = (b"content-type", b"application/json")
+
+
+class JsonRpcEndpoint:
+    def __init__(self, app: ASGIApp, anode: Anode, routes: Mapping[str, Any]) -> None:
+        self.app = app
+        self.anode = anode
+        self.routes = routes
+        sponsorship = anode.settings.sponsorship
+        self._sponsor = (sponsorship.sponsor_name, sponsorship.sponsor_icon)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in RPC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        anode = self.anode
+        scope["route"] = self.routes[scope["path"]]
+        try:
+            api_key_id = None if anode.api_keys.open else await anode.api_keys.authenticate(Request(scope))
+        except Unauthorized as exc:
+            await _answer(send, 401, orjson.dumps({"jsonrpc": "2.0", "id": None, "error": rpc_error(exc)}))
+            return
+        body = await _read_body(receive)
+        if body is None:  # the client went away
+            return
+        request_id = scope.get("state", {}).get("request_id")
+        answer = await dispatch(body, CallContext(anode.service, api_key_id, *self._sponsor, request_id))
+        if answer is None:
+            await _answer(send, 204, None)
+        else:
+            await _answer(send, 200, answer)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _answer(send: Send, status: int, body: bytes | None) -> None:
+    headers = [] if body is None else [_JSON, (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body or b""})
