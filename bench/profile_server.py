@@ -35,7 +35,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ledger: record() (asdict, queue, future)", ("SqlLedger.record", "SqlLedger._flush")),
     ("signing: secp256k1 (coincurve)", ("coincurve/", "secp256k1")),
     ("address checksums (EIP-55)", ("to_checksum_address", "checksum (anode/userop/codec")),
-    ("keccak (pycryptodome)", ("Crypto/Hash/keccak", "eth_hash/", "keccak (anode/")),
+    ("keccak", ("Crypto/Hash/keccak", "eth_hash/", "keccak (anode/", "sha3")),
     ("JSON encode/decode (orjson; C frames only with --native)", ("orjson",)),
     ("pydantic: userOp validate/copy", ("pydantic/", "pydantic_core", "parse_user_op", "codec.py")),
     ("aNode: other sponsorship logic", ("anode/",)),
