@@ -16,12 +16,7 @@ async def process(service: SponsorshipService, request: SponsorRequest) -> dict[
         report = await service.decide(request)
         return {"status": "approved", "processing": processing(report)}
     try:
-        has_gas = isinstance(request.user_op, dict) and "callGasLimit" in request.user_op
-        route = service.routes.resolve(request.entry_point, request.chain_id)
-        if has_gas or route.bundler is None:
-            result = await service.sign(request)
-        else:
-            result = await service.estimate_and_sign(request)
+        result = await service.sign_or_estimate(request)
     except ConfirmationRequired as exc:
         data = dict(exc.data or {})
         return {

@@ -32,6 +32,9 @@ from anode.userop.models import UserOperation, UserOperationV06, UserOperationV0
 
 log = logging.getLogger("anode.sponsor")
 
+#: the fields a bundler estimates: an operation carrying them all is signed as it is
+_ESTIMATED_FIELDS = ("callGasLimit", "verificationGasLimit", "preVerificationGas")
+
 
 @dataclass(frozen=True, slots=True)
 class SponsorRequest:
@@ -148,6 +151,15 @@ class SponsorshipService:
             route, op, window = self._prepare(request)
             op.require_gas_fields(request.user_op)
             return await self._decide_and_sign(route, op, window, request)
+
+    async def sign_or_estimate(self, request: SponsorRequest) -> Sponsored:
+        """REST and ``/process``: sign an operation that carries its gas fields as it is; estimate
+        one without them through the chain's bundler first (or, with no bundler, refuse by name)."""
+        estimated = isinstance(request.user_op, dict) and all(name in request.user_op for name in _ESTIMATED_FIELDS)
+        route = self.routes.resolve(request.entry_point, request.chain_id)
+        if estimated or route.bundler is None:
+            return await self.sign(request)
+        return await self.estimate_and_sign(request)
 
     async def decide(self, request: SponsorRequest) -> PipelineReport:
         """The pipeline's decision alone (nothing reserved, nothing signed): ``paymaster_signer`` disabled."""

@@ -32,12 +32,5 @@ async def sponsor(api_key_id: CallerKeyId, body: SponsorBody, request: Request) 
         api_key_id,
         request.state.request_id,
     )
-    has_gas = all(
-        name in body.user_operation for name in ("callGasLimit", "verificationGasLimit", "preVerificationGas")
-    )
-    route = service.routes.resolve(body.entry_point, body.chain_id)
-    if has_gas or route.bundler is None:
-        result = await service.sign(sponsor_request)
-    else:
-        result = await service.estimate_and_sign(sponsor_request)
+    result = await service.sign_or_estimate(sponsor_request)
     return {**gas_fields(result), **paymaster_fields(result), **signed_extras(result)}
