@@ -10,6 +10,7 @@ transactions.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
@@ -18,6 +19,18 @@ from typing import Any, Self
 import httpx
 from eth_abi.abi import decode, encode
 from eth_utils.abi import function_signature_to_4byte_selector
+
+# anvil picks the nonce of an ``eth_sendTransaction`` from its pool as the request arrives; two
+# sends from one account at the same moment can get the same nonce, and the second is refused as
+# "replacement transaction underpriced". Sends from one account to one node go one at a time.
+_SEND_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_SEND_LOCKS_GUARD = threading.Lock()
+
+
+def _send_lock(url: str, sender: str) -> threading.Lock:
+    key = (url, sender.lower())
+    with _SEND_LOCKS_GUARD:
+        return _SEND_LOCKS.setdefault(key, threading.Lock())
 
 
 class RpcError(RuntimeError):
@@ -148,7 +161,8 @@ class DevRpc:
             tx["to"] = to
         if gas is not None:
             tx["gas"] = hex(gas)
-        tx_hash: str = self.call("eth_sendTransaction", tx)
+        with _send_lock(self.url, sender):
+            tx_hash: str = self.call("eth_sendTransaction", tx)
         receipt = self.wait_for_receipt(tx_hash, timeout)
         if int(receipt["status"], 16) != 1:
             raise TransactionFailed(tx_hash, receipt)

@@ -7,6 +7,7 @@ the real contracts, so paymaster tests can build on it.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import httpx
@@ -86,20 +87,14 @@ def test_paymasters_are_funded_and_staked(anvil: Anvil, deployment: Deployment) 
         assert info[1:4] == (True, DEFAULT_STAKE_WEI, 86_400), (version, paymaster)
 
 
-def test_paymasters_trust_the_configured_signer(
-    anvil: Anvil, deployment: Deployment, paymaster_address: str
-) -> None:
+def test_paymasters_trust_the_configured_signer(anvil: Anvil, deployment: Deployment, paymaster_address: str) -> None:
     for version, paymaster in deployment.verifying_paymasters.items():
         (signer,) = call_contract(anvil.rpc_url, paymaster, "verifyingSigner()", return_types=["address"])
         (owner,) = call_contract(anvil.rpc_url, paymaster, "owner()", return_types=["address"])
-        assert (signer.lower(), owner.lower()) == (paymaster_address.lower(), deployment.owner.lower()), (
-            version
-        )
+        assert (signer.lower(), owner.lower()) == (paymaster_address.lower(), deployment.owner.lower()), version
     for version, paymaster in deployment.singleton_paymasters.items():
         for candidate, expected in ((paymaster_address, True), (USER_ADDRESS, False)):
-            (trusted,) = call_contract(
-                anvil.rpc_url, paymaster, "signers(address)", ["address"], [candidate], ["bool"]
-            )
+            (trusted,) = call_contract(anvil.rpc_url, paymaster, "signers(address)", ["address"], [candidate], ["bool"])
             assert trusted is expected, (version, candidate)
         (admin,) = call_contract(
             anvil.rpc_url, paymaster, "hasRole(bytes32,address)", ["bytes32", "address"],
@@ -109,9 +104,7 @@ def test_paymasters_trust_the_configured_signer(
 
 
 def test_deploy_is_idempotent(anvil: Anvil, deployment: Deployment, paymaster_address: str) -> None:
-    before = {
-        pm: get_deposit(anvil.rpc_url, deployment.entry_points[v], pm) for v, pm in _paymasters(deployment)
-    }
+    before = {pm: get_deposit(anvil.rpc_url, deployment.entry_points[v], pm) for v, pm in _paymasters(deployment)}
     again = deploy_sandbox(anvil.rpc_url, [paymaster_address])
     assert again == deployment
     after = {pm: get_deposit(anvil.rpc_url, again.entry_points[v], pm) for v, pm in _paymasters(again)}
@@ -129,9 +122,27 @@ def test_v06_entry_point_takes_deposits(anvil: Anvil, deployment: Deployment) ->
     assert get_deposit(anvil.rpc_url, entry_point, account) == 12345
 
 
-def _counterfactual_op(
-    anvil: Anvil, deployment: Deployment, version: str, salt: int, recipient: str
-) -> UserOp:
+def test_concurrent_sends_from_one_account_all_land(anvil: Anvil) -> None:
+    # Without the per-account send lock in DevRpc.transact, anvil hands two of these the same
+    # nonce and refuses one ("nonce too low" / "replacement transaction underpriced"): the
+    # failover test under load submits its samples this way.
+    recipient = "0x000000000000000000000000000000000000dEaD"
+    with DevRpc(anvil.rpc_url) as rpc:
+        sender = rpc.accounts()[5]
+        before = int(rpc.call("eth_getBalance", recipient, "latest"), 16)
+
+    def send(_: int) -> str:
+        with DevRpc(anvil.rpc_url) as own:
+            return str(own.transact(sender, recipient, value=1)["status"])
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(send, range(96)))
+    assert statuses == ["0x1"] * 96
+    with DevRpc(anvil.rpc_url) as rpc:
+        assert int(rpc.call("eth_getBalance", recipient, "latest"), 16) == before + 96
+
+
+def _counterfactual_op(anvil: Anvil, deployment: Deployment, version: str, salt: int, recipient: str) -> UserOp:
     factory = deployment.factories[version]
     sender, factory, factory_data = simple_account_init(anvil.rpc_url, factory, USER_ADDRESS, salt)
     set_balance(anvil.rpc_url, sender, 10**18)
@@ -148,9 +159,7 @@ def _counterfactual_op(
 def test_counterfactual_account_deploys_and_calls(anvil: Anvil, deployment: Deployment, version: str) -> None:
     entry_point = deployment.entry_points[version]
     recipient = f"0x{'ab' * 19}{VERSIONS.index(version):02x}"
-    op = _counterfactual_op(
-        anvil, deployment, version, salt=100 + VERSIONS.index(version), recipient=recipient
-    )
+    op = _counterfactual_op(anvil, deployment, version, salt=100 + VERSIONS.index(version), recipient=recipient)
     user_op_hash = get_user_op_hash(anvil.rpc_url, entry_point, version, op)
     signed = replace(op, signature=sign_user_op_hash(version, user_op_hash, USER_KEY))
 
@@ -168,9 +177,7 @@ def test_counterfactual_account_deploys_and_calls(anvil: Anvil, deployment: Depl
 @pytest.mark.parametrize("version", VERSIONS)
 def test_wrong_signature_is_reported_as_aa24(anvil: Anvil, deployment: Deployment, version: str) -> None:
     entry_point = deployment.entry_points[version]
-    op = _counterfactual_op(
-        anvil, deployment, version, salt=200 + VERSIONS.index(version), recipient=ZERO_ADDRESS
-    )
+    op = _counterfactual_op(anvil, deployment, version, salt=200 + VERSIONS.index(version), recipient=ZERO_ADDRESS)
     user_op_hash = get_user_op_hash(anvil.rpc_url, entry_point, version, op)
     other_form = "v0.8" if version != "v0.8" else "v0.7"  # the right key over the wrong hash form
     signed = replace(op, signature=sign_user_op_hash(other_form, user_op_hash, USER_KEY))
