@@ -32,6 +32,7 @@ import orjson
 import sqlalchemy as sa
 
 from anode.errors import StoreUnavailable
+from anode.store.driver import Driver
 from anode.store.tables import metadata
 
 GENESIS = "0" * 64
@@ -142,6 +143,53 @@ def append_now(engine: sa.Engine, entries: Sequence[AuditEntry]) -> str:
             return append(connection, entries)
     except sa.exc.SQLAlchemyError as exc:
         raise StoreUnavailable(f"the audit log could not be written ({type(exc).__name__})") from None
+
+
+#: the audit log's columns, in the order ``DriverAppender`` writes them
+_ROW = (
+    "seq", "created_at", "kind", "backend", "signer", "user_op_hash", "chain_id", "paymaster", "api_key_id",
+    "request_id", "detail", "prev_hash", "record_hash",
+)  # fmt: skip
+
+
+class DriverAppender:
+    """``append`` for the ledger's writer thread: the same chain, written through a DB-API cursor.
+
+    Same statements as ``append`` (take the head's lock, insert, move the head), prepared once, with
+    the records as tuples (``store/driver.py`` says why).
+    """
+
+    def __init__(self, driver: Driver) -> None:
+        mark = driver.mark
+        self._driver = driver
+        self._take_head = "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, record_hash"
+        self._insert = driver.insert(audit_log, _ROW)
+        self._move_head = f"UPDATE audit_head SET seq = {mark}, record_hash = {mark} WHERE id = 1"
+
+    def append(self, cursor: Any, rows: Sequence[dict[str, Any]]) -> str:
+        """Chain ``rows`` (dicts holding at least the hashed fields but ``detail``) in the cursor's transaction."""
+        cursor.execute(self._take_head)
+        head = cursor.fetchone()
+        if head is None:
+            raise StoreUnavailable("the audit chain head is missing (run `anode audit verify`); nothing was signed")
+        seq, prev = int(head[0]), str(head[1])
+        time = self._driver.time
+        values = []
+        for row in rows:
+            detail = row.get("detail")
+            hashed = {name: row[name] for name in _HASHED if name != "detail"} | {"detail": detail}
+            record = chain_hash(prev, hashed)
+            seq += 1
+            values.append((
+                seq, time(row["created_at"]), row["kind"], row["backend"], row["signer"], row["user_op_hash"],
+                row["chain_id"], row["paymaster"], row["api_key_id"], row["request_id"],
+                None if detail is None else orjson.dumps(detail).decode(), prev, record,
+            ))  # fmt: skip
+            prev = record
+        if values:
+            cursor.executemany(self._insert, values)
+            cursor.execute(self._move_head, (seq, prev))
+        return prev
 
 
 def records(engine: sa.Engine, *, kind: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:

@@ -1,9 +1,8 @@
 """The sponsorship ledger: every paymaster signature is written here before it leaves.
 
 ``SqlLedger.record`` returns only once the row is committed. Concurrent requests share commits
-(group commit): while one batch is being written, the next accumulates, so a busy server pays one
-transaction per batch instead of one per request. A failed write fails every request in the batch
-with ``StoreUnavailable``: nothing is signed that is not on the books.
+(``store/group_commit.py``). A failed write fails every request in the batch with
+``StoreUnavailable``: nothing is signed that is not on the books.
 
 The same transaction appends each signature to the hash-chained audit log (``store/audit.py``):
 a signature is in the ledger and in the audit chain together, or in neither.
@@ -12,8 +11,9 @@ a signature is in the ledger and in the audit chain together, or in neither.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -21,9 +21,10 @@ import sqlalchemy as sa
 
 from anode.errors import StoreUnavailable
 from anode.store import audit
+from anode.store.database import write_lock
+from anode.store.driver import Driver
+from anode.store.group_commit import GroupCommit
 from anode.store.tables import sponsorships
-
-MAX_BATCH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +48,11 @@ class SponsorshipRecord:
     request_id: str | None = None
 
 
-_COLUMNS = tuple(column.name for column in sponsorships.columns if column.name != "id")
-
-
-#: record fields, copied shallowly for the insert (every value is immutable; ``asdict`` deep-copies)
-_RECORD_FIELDS = tuple(field.name for field in fields(SponsorshipRecord))
+#: the ledger's columns, in the order ``SqlLedger`` writes them
+_COLUMNS = (
+    "created_at", "user_op_hash", "chain_id", "entry_point", "paymaster", "sender", "nonce", "max_gas_cost_wei",
+    "valid_until", "valid_after", "signer", "api_key_id", "method",
+)  # fmt: skip
 
 
 class Ledger(Protocol):
@@ -70,52 +71,102 @@ class Ledger(Protocol):
 
 
 class SqlLedger:
-    """Ledger on any SQLAlchemy engine (SQLite, PostgreSQL), written from one worker thread."""
+    """Ledger on any SQLAlchemy engine (SQLite, PostgreSQL), written from one worker thread.
+
+    The writer thread keeps one DB-API connection of its own and writes through the driver
+    (``store/driver.py``); reads go through SQLAlchemy.
+    """
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anode-ledger")
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._flushing = False
-        self._flusher: asyncio.Task[None] | None = None
+        self._driver = Driver(engine.dialect)
+        self._commits: GroupCommit[SponsorshipRecord, None] = GroupCommit(
+            self._writer, self._write, row_errors=self._driver.row_errors
+        )
+        self._insert_sql = self._driver.insert(sponsorships, _COLUMNS)
+        self._audit = audit.DriverAppender(self._driver)
+        self._lock = write_lock(engine)
+        #: the writer thread's connection (only that thread touches it), opened on first use
+        self._connection: Any = None
 
     async def record(self, entry: SponsorshipRecord) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.append(({name: getattr(entry, name) for name in _RECORD_FIELDS}, done))
-        if not self._flushing:
-            self._flushing = True
-            self._flusher = loop.create_task(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                try:
-                    await loop.run_in_executor(self._writer, self._insert, [row for row, _ in batch])
-                except (sa.exc.DataError, sa.exc.IntegrityError):
-                    # one row the database refuses must not refuse the requests batched with it:
-                    # write them one by one (only for row errors; a dead database fails the batch at once)
-                    for row, done in batch:
-                        try:
-                            await loop.run_in_executor(self._writer, self._insert, [row])
-                        except Exception as exc:
-                            _settle([(row, done)], exc)
-                        else:
-                            _settle([(row, done)], None)
-                except Exception as exc:  # any driver error: refuse, never sign off the books
-                    _settle(batch, exc)
-                else:
-                    _settle(batch, None)
-        finally:
-            self._flushing = False
+            await self._commits.submit(entry)
+        except Exception as exc:  # any driver error: refuse, never sign off the books
+            raise StoreUnavailable(
+                f"the sponsorship ledger could not be written ({type(exc).__name__}); nothing was signed"
+            ) from None
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
-        with self._engine.begin() as connection:
-            connection.execute(sponsorships.insert(), [{name: row[name] for name in _COLUMNS} for row in rows])
-            audit.append(connection, [{**row, "kind": audit.SIGNATURE} for row in rows])
+    def _write(self, entries: list[SponsorshipRecord]) -> list[None]:
+        """One transaction: the ledger rows and their audit records (on the writer thread)."""
+        kept = self._connection is not None
+        try:
+            self._transaction(entries)
+            return [None] * len(entries)
+        except self._driver.row_errors:
+            self._rollback()
+            raise
+        except _CommitFailed as failed:
+            # the COMMIT's outcome is unknown (it may have landed): never write the batch twice
+            self._discard()
+            raise failed.error from None
+        except Exception:
+            self._discard()
+            if not kept:
+                raise
+            # the connection kept since the last batch may have been closed by the server (restart,
+            # failover, idle timeout) before this batch wrote anything: try once on a new one
+            try:
+                self._transaction(entries)
+            except _CommitFailed as failed:
+                self._discard()
+                raise failed.error from None
+            except Exception:
+                self._discard()
+                raise
+            return [None] * len(entries)
+
+    def _transaction(self, entries: list[SponsorshipRecord]) -> None:
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        with self._lock:
+            self._transaction_locked(self._connection, entries)
+
+    def _transaction_locked(self, connection: Any, entries: list[SponsorshipRecord]) -> None:
+        uint, time = self._driver.uint, self._driver.time
+        cursor = connection.cursor()
+        try:
+            cursor.executemany(
+                self._insert_sql,
+                [
+                    (
+                        time(e.created_at), e.user_op_hash, e.chain_id, e.entry_point, e.paymaster, e.sender,
+                        uint(e.nonce), uint(e.max_gas_cost_wei), e.valid_until, e.valid_after, e.signer,
+                        e.api_key_id, e.method,
+                    )
+                    for e in entries
+                ],
+            )  # fmt: skip
+            self._audit.append(cursor, [_audit_row(entry) for entry in entries])
+        finally:
+            cursor.close()
+        try:
+            connection.commit()
+        except Exception as exc:
+            raise _CommitFailed(exc) from exc
+
+    def _rollback(self) -> None:
+        try:
+            self._connection.rollback()
+        except Exception:
+            self._discard()
+
+    def _discard(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # already gone
+                connection.invalidate()
 
     async def find(
         self,
@@ -151,23 +202,28 @@ class SqlLedger:
         return [_public(dict(row)) for row in rows]
 
     async def aclose(self) -> None:
+        self._writer.submit(self._close)
         self._writer.shutdown(wait=True)
         self._engine.dispose()
 
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
-def _settle(batch: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: Exception | None) -> None:
-    error = None
-    if exc is not None:
-        error = StoreUnavailable(
-            f"the sponsorship ledger could not be written ({type(exc).__name__}); nothing was signed"
-        )
-    for _, done in batch:
-        if done.done():
-            continue
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
+
+class _CommitFailed(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _audit_row(entry: SponsorshipRecord) -> dict[str, Any]:
+    return {
+        "kind": audit.SIGNATURE, "created_at": entry.created_at, "backend": entry.backend, "signer": entry.signer,
+        "user_op_hash": entry.user_op_hash, "chain_id": entry.chain_id, "paymaster": entry.paymaster,
+        "api_key_id": entry.api_key_id, "request_id": entry.request_id,
+    }  # fmt: skip
 
 
 def _utc(moment: datetime | None) -> datetime | None:

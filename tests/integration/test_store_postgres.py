@@ -9,8 +9,6 @@ are skipped, with that reason, when no server answers there. SQLite runs on a te
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -32,8 +30,8 @@ from anode.store.ledger import SponsorshipRecord, SqlLedger
 from anode.store.tables import metadata
 from anode.wiring import build
 from tests.integration.test_api_errors import API_KEY, CHAIN_ID, EP07, settings_tree, user_op
+from tests.support.postgres import ADMIN_URL, fresh_pg_database
 
-ADMIN_URL = os.environ.get("PGTEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 UINT256_MAX = 2**256 - 1
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -44,22 +42,8 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database (``postgresql://`` form, as users write it)."""
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        connection = admin.connect()
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server at {ADMIN_URL}: {type(exc.orig).__name__}")
-    name = f"anode_test_{secrets.token_hex(6)}"
-    with connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(ADMIN_URL).set(drivername="postgresql", database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database("anode_test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -174,6 +158,61 @@ async def test_concurrent_records_are_each_written_exactly_once(ledger: SqlLedge
     assert len(rows) == 200
     assert sorted(row[0] for row in rows) == sorted(op_hash(i) for i in range(200))
     assert sorted(int(row[1]) for row in rows) == list(range(200))
+
+
+async def test_the_writer_stores_exactly_what_sqlalchemy_would(ledger: SqlLedger, database_url: str) -> None:
+    """The ledger writes through the DB-API (``store/driver.py``); the stored values, read back
+    raw, are the ones SQLAlchemy's own types would have stored, and the audit chain verifies."""
+    from anode.store import audit
+    from anode.store.ledger import _COLUMNS
+
+    berlin = timezone(timedelta(hours=1))
+    entry = record(op_hash(1), created_at=datetime(2030, 1, 1, 13, 0, 0, 123456, tzinfo=berlin), nonce=2**255 + 3)
+    await ledger.record(entry)
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            values = {name: getattr(entry, name) for name in _COLUMNS}
+            values["created_at"] = entry.created_at.astimezone(UTC)  # SQLAlchemy drops offsets on SQLite
+            values["user_op_hash"] = op_hash(2)
+            connection.execute(metadata.tables["sponsorships"].insert(), [values])
+            columns = ", ".join(name for name in _COLUMNS if name != "user_op_hash")
+            raw = connection.execute(sa.text(f"SELECT {columns} FROM sponsorships ORDER BY id")).all()
+        assert len(raw) == 2
+        assert tuple(raw[0]) == tuple(raw[1])
+        (row,) = await ledger.find(sender=entry.sender, limit=1, until=T0 + timedelta(hours=1))
+        assert row["created_at"] == "2030-01-01T12:00:00.123456+00:00"
+        assert row["nonce"] == 2**255 + 3
+        checked = audit.verify(engine)
+        assert checked.ok and checked.records == 1, checked.message
+        (chained,) = audit.records(engine, kind=audit.SIGNATURE)
+        assert chained["user_op_hash"] == op_hash(1) and chained["detail"] is None
+    finally:
+        engine.dispose()
+
+
+async def test_a_connection_lost_between_batches_is_replaced(pg_url: str) -> None:
+    """The writer keeps its connection; when the server drops it, the next batch reconnects."""
+    engine = create_engine(pg_url)
+    upgrade(engine)
+    ledger = SqlLedger(engine)
+    try:
+        await ledger.record(record(op_hash(1)))
+        admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            killed = connection.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": sa.make_url(pg_url).database},
+            ).scalar()
+        admin.dispose()
+        assert killed >= 1
+        await ledger.record(record(op_hash(2)))
+        assert sorted(row["user_op_hash"] for row in await ledger.find()) == [op_hash(1), op_hash(2)]
+    finally:
+        await ledger.aclose()
 
 
 @pytest.mark.parametrize("value", [0, 1, 2**63, 2**64 + 1, 2**200 + 12345, 10**77 + 7, UINT256_MAX])

@@ -13,8 +13,6 @@ rotation test adds them (and puts things back afterwards).
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,26 +21,13 @@ import sqlalchemy as sa
 from eth_account import Account
 
 from anode.devchain.anvil import DEFAULT_ACCOUNT_KEYS, Anvil
-from anode.devchain.artifacts import node_modules_available
 from anode.devchain.deploy import Deployment, deploy_sandbox
 from anode.signers import registry
 from tests.keys import fakes
-
-_HERE = Path(__file__).resolve().parent
-ADMIN_URL = os.environ.get("PGTEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from tests.support.postgres import fresh_pg_database
 
 KEY_9, KEY_8, KEY_7, KEY_6 = (DEFAULT_ACCOUNT_KEYS[i] for i in (9, 8, 7, 6))
 ADDRESS_9, ADDRESS_8, ADDRESS_7, ADDRESS_6 = (Account.from_key(k).address for k in (KEY_9, KEY_8, KEY_7, KEY_6))
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    available = node_modules_available()
-    skip = pytest.mark.skip(reason="node_modules missing: run `npm install` in the repository root")
-    for item in items:
-        if _HERE in item.path.resolve().parents and "anvil" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.chain)
-            if not available:
-                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -67,22 +52,8 @@ def flaky_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def pg_session_url() -> Iterator[str]:
     """One PostgreSQL database (random name) for the session; dropped at the end."""
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        connection = admin.connect()
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server at {ADMIN_URL}: {type(exc.orig).__name__}")
-    name = f"anode_keys_{secrets.token_hex(6)}"
-    with connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(ADMIN_URL).set(drivername="postgresql", database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database("anode_keys") as url:
+        yield url
 
 
 @pytest.fixture

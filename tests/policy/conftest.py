@@ -24,8 +24,8 @@ from redis.asyncio import Redis
 from anode.policy.calls import Call
 from anode.policy.evaluate import OpFacts
 from anode.store.database import create_engine, upgrade
+from tests.support.postgres import fresh_pg_database as support_pg_database
 
-ADMIN_URL = os.environ.get("PGTEST_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("REDISTEST_URL", "redis://127.0.0.1:6379/0")
 
 SENDER = "0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1"
@@ -52,25 +52,8 @@ def facts(
 @contextmanager
 def fresh_pg_database(prefix: str = "anode_policy") -> Iterator[str]:
     """A new, migrated PostgreSQL database (``postgresql://`` URL); dropped afterwards."""
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        connection = admin.connect()
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"no PostgreSQL server at {ADMIN_URL}: {type(exc.orig).__name__}")
-    name = f"{prefix}_{secrets.token_hex(6)}"
-    with connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(ADMIN_URL).set(drivername="postgresql", database=name).render_as_string(hide_password=False)
-    try:
-        engine = create_engine(url)
-        upgrade(engine)
-        engine.dispose()
+    with support_pg_database(prefix, migrate=True) as url:
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")

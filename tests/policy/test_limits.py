@@ -177,6 +177,22 @@ async def test_200_concurrent_reservations_sponsor_exactly_n_on_sqlite(tmp_path:
             engine.dispose()
 
 
+async def test_sqlite_decides_a_shared_transaction_in_arrival_order(tmp_path: Path) -> None:
+    """Concurrent reservations on SQLite share one transaction (group commit); each is decided
+    against what the ones before it left, as if each had committed on its own."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'order.db'}")
+    upgrade(engine)
+    store = SqlLimiter(engine)
+    try:
+        amounts = [3, 3, 1, 3, 1, 1]
+        results = await asyncio.gather(*(store.reserve([bucket("order", 5, amount)]) for amount in amounts))
+        assert results == [None, Exceeded(0, 3), None, Exceeded(0, 4), None, Exceeded(0, 5)]
+        assert await store.usage([bucket("order", 5)]) == [5]
+    finally:
+        await store.aclose()
+        engine.dispose()
+
+
 async def test_200_concurrent_reservations_sponsor_exactly_n_on_postgresql(pg_url: str) -> None:
     engines = [create_engine(pg_url), create_engine(pg_url)]
     stores: list[LimiterStore] = [SqlLimiter(engine) for engine in engines]

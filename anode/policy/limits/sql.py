@@ -20,8 +20,13 @@ import sqlalchemy as sa
 from anode.errors import ConfigError
 from anode.policy.limits.base import PRUNE_EVERY_SECONDS, Bucket, Complaints, Exceeded, check_unique
 from anode.policy.tables import policy_usage
+from anode.store.database import write_lock
+from anode.store.group_commit import GroupCommit
 
 T = TypeVar("T")
+
+#: most reservations decided in one SQLite transaction
+_MAX_BATCH = 256
 
 
 _PG_RESERVE = sa.text(
@@ -53,6 +58,10 @@ class SqlLimiter:
         self._pruned = clock()
         self._complaints = Complaints(self.backend)
         self._timeout = timeout
+        self._write_lock = write_lock(engine)
+        self._reservations: GroupCommit[Sequence[Bucket], Exceeded | None] = GroupCommit(
+            self._pool, self._reserve_sqlite, max_batch=_MAX_BATCH
+        )
 
     async def _run(self, work: Callable[..., T], *args: Any) -> T:
         """``work`` on the store's threads; past ``timeout`` the caller is refused (the work may still
@@ -68,7 +77,10 @@ class SqlLimiter:
         check_unique(buckets)
         if not buckets:
             return None
-        result = await self._run(self._reserve_sqlite if self._sqlite else self._reserve_pg, buckets)
+        if self._sqlite:
+            result = await self._reserve_batched(buckets)
+        else:
+            result = await self._run(self._reserve_pg, buckets)
         if result is None and self._clock() - self._pruned >= PRUNE_EVERY_SECONDS:
             self._pruned = self._clock()
             await self._run(self._prune, int(self._pruned))
@@ -115,9 +127,24 @@ class SqlLimiter:
                 params = {"counter": bucket.key, "window_start": bucket.window_start, "amount": Decimal(bucket.amount)}
                 connection.execute(_PG_RELEASE, params)
 
-    # SQLite: BEGIN IMMEDIATE takes the write lock first, so read-check-write cannot interleave
+    # SQLite: BEGIN IMMEDIATE takes the write lock first, so read-check-write cannot interleave.
+    # Reservations share transactions (group commit): while one batch is written, the next one
+    # gathers, and each batch pays one COMMIT. Inside a batch they are decided one after another,
+    # each against the counters as the ones before it left them: exactly as if each had its own
+    # transaction, in the order they arrived.
+
+    async def _reserve_batched(self, buckets: Sequence[Bucket]) -> Exceeded | None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._reservations.submit(buckets)
+        except Exception as exc:  # the batch failed or took too long: nothing is sponsored
+            raise self._complaints.unavailable(exc) from None
 
     def _immediate(self, work: Callable[[Any], T]) -> T:
+        with self._write_lock:
+            return self._immediate_locked(work)
+
+    def _immediate_locked(self, work: Callable[[Any], T]) -> T:
         raw = self._engine.raw_connection()
         try:
             sqlite = raw.driver_connection
@@ -148,19 +175,36 @@ class SqlLimiter:
         row = cursor.fetchone()
         return None if row is None else int(row[0])
 
-    def _reserve_sqlite(self, buckets: Sequence[Bucket]) -> Exceeded | None:
-        def work(cursor: Any) -> Exceeded | None:
-            found = [self._sqlite_used(cursor, bucket) or 0 for bucket in buckets]
-            for index, (bucket, used) in enumerate(zip(buckets, found, strict=True)):
-                if used + bucket.amount > bucket.limit:
-                    return Exceeded(index, used)
-            for bucket, used in zip(buckets, found, strict=True):
-                cursor.execute(
+    def _reserve_sqlite(self, batch: list[Sequence[Bucket]]) -> list[Exceeded | None]:
+        """Decide every operation of ``batch`` in order, in one transaction; write each counter once."""
+
+        def work(cursor: Any) -> list[Exceeded | None]:
+            used: dict[tuple[str, int], int] = {}
+            changed: dict[tuple[str, int], Bucket] = {}
+            results: list[Exceeded | None] = []
+            for buckets in batch:
+                keys = [(bucket.key, bucket.window_start) for bucket in buckets]
+                for key, bucket in zip(keys, buckets, strict=True):
+                    if key not in used:
+                        used[key] = self._sqlite_used(cursor, bucket) or 0
+                full = next(
+                    (i for i, (key, b) in enumerate(zip(keys, buckets, strict=True)) if used[key] + b.amount > b.limit),
+                    None,
+                )
+                if full is not None:
+                    results.append(Exceeded(full, used[keys[full]]))
+                    continue
+                for key, bucket in zip(keys, buckets, strict=True):
+                    used[key] += bucket.amount
+                    changed[key] = bucket
+                results.append(None)
+            if changed:
+                cursor.executemany(
                     "INSERT INTO policy_usage (counter, window_start, used, expires_at) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (counter, window_start) DO UPDATE SET used = excluded.used",
-                    (bucket.key, bucket.window_start, str(used + bucket.amount), bucket.expires_at),
+                    [(b.key, b.window_start, str(used[key]), b.expires_at) for key, b in changed.items()],
                 )
-            return None
+            return results
 
         return self._immediate(work)
 
