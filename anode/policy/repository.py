@@ -54,6 +54,7 @@ class PolicyRepository:
         self._snapshot: tuple[Policy, ...] | None = None
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
+        self._reloading: asyncio.Future[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="anode-policies")
 
     # -- start-up ---------------------------------------------------------------------------
@@ -129,16 +130,38 @@ class PolicyRepository:
         return None if document is None else _parse(policy_id, document)
 
     async def snapshot(self) -> tuple[Policy, ...]:
-        """Every policy, at most ``refresh_seconds`` old."""
+        """Every policy, at most ``refresh_seconds`` old.
+
+        Past half that age a copy is reloaded in the background while requests go on with the
+        current one; a request waits for the database only when no copy is young enough (the
+        first request, or after an idle spell).
+        """
         current = self._snapshot
-        if current is not None and self._clock() - self._loaded_at < self._refresh:
+        age = self._clock() - self._loaded_at
+        if current is not None and age < self._refresh:
+            if age >= self._refresh / 2 and self._reloading is None:
+                self._reloading = asyncio.ensure_future(self._reload_ahead())
             return current
         async with self._lock:
             if self._snapshot is None or self._clock() - self._loaded_at >= self._refresh:
-                started = self._clock()
-                self._snapshot = tuple(await self._run(self._load_all))
-                self._loaded_at = started
+                await self._reload()
+            assert self._snapshot is not None
             return self._snapshot
+
+    async def _reload(self) -> None:
+        started = self._clock()
+        self._snapshot = tuple(await self._run(self._load_all))
+        self._loaded_at = started
+
+    async def _reload_ahead(self) -> None:
+        try:
+            async with self._lock:
+                if self._clock() - self._loaded_at >= self._refresh / 2:
+                    await self._reload()
+        except Exception:  # the next request that finds no young copy reads (and fails) in the open
+            log.debug("reloading the policies ahead of time failed", exc_info=True)
+        finally:
+            self._reloading = None
 
     async def list(self) -> list[Policy]:
         return await self._run(self._load_all)

@@ -47,7 +47,6 @@ from typing import Any, Literal
 
 from coincurve import PublicKey
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from prometheus_client import Counter, Gauge, Histogram
 
 from anode.errors import AnodeError, ConfigError, SignerUnavailable
@@ -57,6 +56,7 @@ from anode.signers.circuit import CircuitBreaker
 from anode.signers.manager_settings import BackendEntry, ManagerSettings
 from anode.signers.registry import SignerSettingsBase, build_signer
 from anode.userop.codec import checksum, parse_address
+from anode.userop.keccak import keccak
 
 #: backends that sign with coincurve on a key in this process: recovering their signatures proves nothing new
 _SIGNS_IN_PROCESS = frozenset({"local", "keystore", "mnemonic"})

@@ -63,12 +63,39 @@ async def test_memory_cache_reuses_a_value_for_its_ttl_then_reloads() -> None:
     cache = MemoryTTLCache(clock=clock)
     load = Loads([1, "2"])
     assert await cache.get_or_load("k", 10, load) == [1, "2"]
-    clock.now += 9.9
+    clock.now += 6.9
     assert await cache.get_or_load("k", 10, load) == [1, "2"]
     assert load.count == 1
-    clock.now += 0.1
+    clock.now += 3.1
     await cache.get_or_load("k", 10, load)
     assert load.count == 2
+
+
+async def test_a_hit_late_in_the_ttl_reloads_in_the_background_and_never_serves_past_the_ttl() -> None:
+    """Refresh ahead: a key in steady use is reloaded before it expires, and no caller waits."""
+    clock = Clock()
+    cache = MemoryTTLCache(clock=clock)
+    values = iter(["first", "second", "third"])
+    load = Loads(None)
+
+    async def next_value() -> str:
+        await load()
+        return next(values)
+
+    assert await cache.get_or_load("k", 10, next_value) == "first"
+    clock.now += 6.9  # before 70 % of the ttl: a plain hit
+    assert await cache.get_or_load("k", 10, next_value) == "first"
+    await asyncio.sleep(0)
+    assert load.count == 1
+    clock.now += 2.2  # 9.1 s: past 90 %, still young enough to serve
+    assert await cache.get_or_load("k", 10, next_value) == "first", "answered at once, from the entry"
+    await asyncio.sleep(0.01)
+    assert load.count == 2, "one reload ran in the background"
+    assert await cache.get_or_load("k", 10, next_value) == "second"
+
+    clock.now += 10.0  # nobody asked for a whole ttl: the entry is expired, the caller waits for a load
+    assert await cache.get_or_load("k", 10, next_value) == "third"
+    assert load.count == 3
 
 
 async def test_ttl_zero_disables_caching() -> None:
@@ -214,9 +241,10 @@ async def test_while_redis_is_down_every_call_reads_the_chain_never_stale_data(
         chain["reads"] += 1
         return [chain["balance"]]
 
-    assert await cache.get_or_load("k", 300, read_chain) == [1]  # stored in Redis
+    assert await cache.get_or_load("k", 300, read_chain) == [1]  # stored in Redis (and near, for 5 s)
     flaky.down = True
     chain["balance"] = 0  # e.g. the SBT was revoked
+    clock.now += 5.0  # past the near copy's 5 s: from here on, Redis would be asked
     with caplog.at_level(logging.WARNING, logger="anode.cache"):
         assert await cache.get_or_load("k", 300, read_chain) == [0]
         commands = flaky.commands
@@ -231,6 +259,59 @@ async def test_while_redis_is_down_every_call_reads_the_chain_never_stale_data(
     clock.now += 5.0
     assert await cache.get_or_load("k", 300, read_chain) == [1], "back on Redis: its entry, still within its TTL"
     assert chain["reads"] == 7
+
+
+async def test_the_near_copy_spares_redis_for_near_ttl_and_never_outlives_the_entry(
+    redis: Redis, redis_prefix: str
+) -> None:
+    """A busy process asks Redis about once per key per ``near_ttl``, and no value it serves is
+    older than its ``ttl``, counted from the chain read (by whichever process made it)."""
+    clock, wall = Clock(), Clock()
+    wall.now = time.time()
+    counted = FlakyRedis(redis)
+    cache = RedisTTLCache(counted, prefix=redis_prefix, near_ttl=5.0, clock=clock, wall_clock=wall)  # type: ignore[arg-type]
+    load = Loads(["v"])
+    assert await cache.get_or_load("k", 60, load) == ["v"]
+    commands = counted.commands  # GET (a miss) and SET
+    for _ in range(100):
+        assert await cache.get_or_load("k", 60, load) == ["v"]
+    assert counted.commands == commands, "hits within near_ttl do not touch Redis"
+    clock.now += 5.0
+    wall.now += 5.0
+    assert await cache.get_or_load("k", 60, load) == ["v"]
+    assert counted.commands == commands + 1, "after near_ttl, one GET; the Redis entry is still good"
+    assert load.count == 1
+
+    # an entry another process read 58 s ago has 2 s left: it is kept near for 2 s, not 5, and
+    # never served once 60 s old (here the background reload fails: the chain is down)
+    other = RedisTTLCache(redis, prefix=redis_prefix, wall_clock=lambda: wall.now - 58.0)
+    await other.get_or_load("old", 60, Loads(["old"]))
+    down = Loads(error=RuntimeError("node down"))
+    assert await cache.get_or_load("old", 60, down) == ["old"]
+    before = counted.commands
+    clock.now += 1.9
+    assert await cache.get_or_load("old", 60, down) == ["old"]
+    assert counted.commands == before, "a near hit"
+    clock.now += 0.2
+    wall.now += 2.1
+    with pytest.raises(RuntimeError, match="node down"):
+        await cache.get_or_load("old", 60, down)
+
+
+async def test_redis_entries_are_reloaded_ahead_of_their_ttl(redis: Redis, redis_prefix: str) -> None:
+    """Late in its ttl, an entry is served and one reload runs in the background, for every process."""
+    wall = Clock()
+    wall.now = time.time()
+    cache = RedisTTLCache(redis, prefix=redis_prefix, wall_clock=lambda: wall.now)
+    other = RedisTTLCache(redis, prefix=redis_prefix, wall_clock=lambda: wall.now - 55.0)
+    await other.get_or_load("k", 60, Loads(["old"]))  # read 55 s ago: past 90 % of 60 s
+    fresh = Loads(["fresh"])
+    assert await cache.get_or_load("k", 60, fresh) == ["old"], "answered at once"
+    await asyncio.sleep(0.05)
+    assert fresh.count == 1
+    assert await cache.get_or_load("k", 60, Loads(["never"])) == ["fresh"]
+    third = RedisTTLCache(redis, prefix=redis_prefix, wall_clock=lambda: wall.now)
+    assert await third.get_or_load("k", 60, Loads(["never"])) == ["fresh"], "shared through Redis"
 
 
 async def test_a_dead_redis_costs_one_bounded_wait_not_a_retry_loop_per_call(dead_redis: Redis) -> None:

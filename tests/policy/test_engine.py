@@ -303,6 +303,36 @@ def test_an_invalid_seed_stops_start_up_naming_the_entry(sqlite_engine: sa.Engin
         repository.seed([policy(id="twice"), policy(id="twice")])
 
 
+async def test_a_busy_server_reloads_the_policies_ahead_and_never_waits_for_them(sqlite_engine: sa.Engine) -> None:
+    """Past half the refresh interval, a request gets the current copy at once and a reload runs
+    in the background; no copy older than the interval is ever served."""
+    now = [0.0]
+    reader = PolicyRepository(sqlite_engine, refresh_seconds=2, clock=lambda: now[0])
+    writer = PolicyRepository(sqlite_engine)
+    try:
+        assert await reader.snapshot() == ()
+        await writer.create(Policy.model_validate(policy(id="ahead")))
+        now[0] = 1.2
+        loads = reader._run
+
+        calls: list[str] = []
+
+        async def counted(work: Any, *args: Any) -> Any:
+            calls.append(work.__name__)
+            return await loads(work, *args)
+
+        reader._run = counted  # type: ignore[method-assign]
+        assert await reader.snapshot() == (), "the current copy, without waiting"
+        assert reader._reloading is not None
+        await reader._reloading
+        assert calls == ["_load_all"]
+        assert [p.id for p in await reader.snapshot()] == ["ahead"]
+        assert calls == ["_load_all"], "reloaded once, in the background"
+    finally:
+        await reader.aclose()
+        await writer.aclose()
+
+
 async def test_changes_by_another_process_show_up_after_the_refresh_interval(sqlite_engine: sa.Engine) -> None:
     now = [0.0]
     reader = PolicyRepository(sqlite_engine, refresh_seconds=2, clock=lambda: now[0])
