@@ -14,7 +14,6 @@ import socket
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from redis.asyncio import Redis
 from anode.chain.client import ChainClient
 from anode.config import validate_settings
 from anode.devchain.anvil import Anvil
-from anode.devchain.artifacts import node_modules_available
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.base import Context
 from anode.pipeline.deps import Dependencies, TTLCache
@@ -37,21 +35,10 @@ from anode.userop.versions import EntryPointVersion
 from tests.contracts.checks import CheckContracts, deploy_check_contracts
 from tests.integration.conftest import anvil, deployment, paymaster_address, paymaster_key  # noqa: F401
 
-_HERE = Path(__file__).resolve().parent
 REDIS_URL = os.environ.get("ANODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHAIN_ID = 31337
 EP07 = "0x0000000071727De22E5E9d8BAf0edAc6f37da032"
 PM07 = "0x0707070707070707070707070707070707070707"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    available = node_modules_available()
-    skip = pytest.mark.skip(reason="node_modules missing: run `npm install` in the repository root")
-    for item in items:
-        if _HERE in item.path.resolve().parents and "anvil" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.chain)
-            if not available:
-                item.add_marker(skip)
 
 
 class CountingChainClient(ChainClient):

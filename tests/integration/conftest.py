@@ -7,28 +7,15 @@ them) and is skipped, with the reason shown, when ``node_modules`` has not been 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from eth_account import Account
 
 from anode.devchain.anvil import DEFAULT_ACCOUNT_KEYS, Anvil
-from anode.devchain.artifacts import node_modules_available
 from anode.devchain.deploy import Deployment, deploy_sandbox
 
-_HERE = Path(__file__).resolve().parent
 #: anvil account 9 (0xa0Ee7A142d267C1f36714E4a8F75612F20a79720) signs for every test paymaster.
 PAYMASTER_KEY = DEFAULT_ACCOUNT_KEYS[9]
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    available = node_modules_available()
-    skip = pytest.mark.skip(reason="node_modules missing: run `npm install` in the repository root")
-    for item in items:
-        if _HERE in item.path.resolve().parents and "anvil" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.chain)
-            if not available:
-                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

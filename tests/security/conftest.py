@@ -10,21 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from anode.devchain.artifacts import node_modules_available
 from tests.integration.conftest import anvil  # noqa: F401
 from tests.integration.test_store_postgres import pg_url  # noqa: F401
-
-_HERE = Path(__file__).resolve().parent
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    available = node_modules_available()
-    skip = pytest.mark.skip(reason="node_modules missing: run `npm install` in the repository root")
-    for item in items:
-        if _HERE in item.path.resolve().parents and "anvil" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.chain)
-            if not available:
-                item.add_marker(skip)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,28 +8,14 @@ contract tests need only the backend itself (moto's KMS server, a SoftHSM2 token
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from eth_account import Account
 
 from anode.devchain.anvil import DEFAULT_ACCOUNT_KEYS, Anvil
-from anode.devchain.artifacts import node_modules_available
 from anode.devchain.deploy import Deployment, deploy_sandbox
 from tests.signers.softhsm import SoftHsm, softhsm_token
 from tests.signers.softhsm import available as softhsm_available
-
-_HERE = Path(__file__).resolve().parent
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    available = node_modules_available()
-    skip = pytest.mark.skip(reason="node_modules missing: run `npm install` in the repository root")
-    for item in items:
-        if _HERE in item.path.resolve().parents and "anvil" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.chain)
-            if not available:
-                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -146,17 +146,13 @@ def call_contract(
 
 
 def get_deposit(rpc_url: str, entry_point: str, address: str) -> int:
-    (balance,) = call_contract(
-        rpc_url, entry_point, "balanceOf(address)", ["address"], [address], ["uint256"]
-    )
+    (balance,) = call_contract(rpc_url, entry_point, "balanceOf(address)", ["address"], [address], ["uint256"])
     return int(balance)
 
 
 def get_nonce(rpc_url: str, entry_point: str, sender: str, key: int = 0) -> int:
     types = ["address", "uint192"]
-    (nonce,) = call_contract(
-        rpc_url, entry_point, "getNonce(address,uint192)", types, [sender, key], ["uint256"]
-    )
+    (nonce,) = call_contract(rpc_url, entry_point, "getNonce(address,uint192)", types, [sender, key], ["uint256"])
     return int(nonce)
 
 
@@ -173,9 +169,7 @@ def get_user_op_hash(rpc_url: str, entry_point: str, version: str, op: UserOp) -
     return bytes(digest)
 
 
-def simple_account_init(
-    rpc_url: str, factory: str, owner_address: str, salt: int = 0
-) -> tuple[str, str, bytes]:
+def simple_account_init(rpc_url: str, factory: str, owner_address: str, salt: int = 0) -> tuple[str, str, bytes]:
     """``(sender, factory, factory_data)`` for a counterfactual SimpleAccount of ``owner_address``."""
     (sender,) = call_contract(
         rpc_url,
@@ -185,9 +179,7 @@ def simple_account_init(
         [owner_address, salt],
         ["address"],
     )
-    factory_data = encode_call(
-        "createAccount(address,uint256)", ["address", "uint256"], [owner_address, salt]
-    )
+    factory_data = encode_call("createAccount(address,uint256)", ["address", "uint256"], [owner_address, salt])
     return to_checksum_address(sender), to_checksum_address(factory), factory_data
 
 
