@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,20 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import METHODS, Server, free_port, ledger_rows, median, progress, rpc, sandbox, wrk_run
+from run import METHODS, Server, free_port, ledger_rows, median, progress, sandbox, wait_until_serving, wrk_run
 
 
 @contextlib.contextmanager
-def variant_server(name: str, prefix: str, workdir: Path) -> Iterator[Server]:
+def variant_server(
+    name: str, prefix: str, workdir: Path, edit: Callable[[dict[str, Any]], None] | None = None
+) -> Iterator[Server]:
+    """A server on the sandbox's chain with its own SQLite ledger; ``edit`` may change its config."""
     tree = yaml.safe_load((workdir / "sandbox.yaml").read_text())
     database = workdir / f"variant-{name}.db"
     tree["database_url"] = f"sqlite:///{database}"
     tree["log_level"] = "WARNING"
+    if edit is not None:
+        edit(tree)
     config = workdir / f"variant-{name}.yaml"
     config.write_text(yaml.safe_dump(tree, sort_keys=False))
     port = free_port()
@@ -57,14 +62,7 @@ def variant_server(name: str, prefix: str, workdir: Path) -> Iterator[Server]:
     )
     server = Server(f"http://127.0.0.1:{port}/api/v1/rpc", database, process.pid)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"variant {name} did not start: {(workdir / f'variant-{name}.log').read_text()}")
-            with contextlib.suppress(OSError, ValueError):
-                rpc(server.rpc_url, "pm_supportedEntryPoints", [], timeout=1.0)
-                break
-            time.sleep(0.3)
+        wait_until_serving(process, server.rpc_url, workdir / f"variant-{name}.log", f"variant {name}", 60)
         print(f"variant {name}: pid {process.pid}, {command}")
         yield server
     finally:

@@ -1,12 +1,15 @@
 -- wrk script: POST one JSON-RPC call per request and count the answers that are really results.
 --
---   wrk -t1 -c16 -d10s --latency -s bench/jsonrpc.lua URL -- METHOD ENTRY_POINT CHAIN_ID SALT
+--   wrk -t1 -c16 -d10s --latency -s bench/jsonrpc.lua URL -- METHOD ENTRY_POINT CHAIN_ID SALT [SENDERS]
 --
 -- METHOD is pm_getPaymasterData, pm_getPaymasterStubData or pm_supportedEntryPoints. Every
 -- request carries a distinct sender and nonce (made of SALT, the thread number and a per-thread
 -- counter), so each pm_getPaymasterData call is a distinct operation with its own ledger row, and
--- per-address caches in the server get no more help than real traffic from many wallets gives. A response is a success only when its status is 200 and its
--- body holds "result"; anything else (a JSON-RPC error is also HTTP 200) is counted as a failure.
+-- per-address caches in the server get no more help than real traffic from many wallets gives.
+-- With SENDERS (a file of addresses, one per line) the senders cycle through that list instead,
+-- for checks that need a sender holding something (bench/pipeline.py); nonces stay distinct.
+-- A response is a success only when its status is 200 and its body holds "result"; anything
+-- else (a JSON-RPC error is also HTTP 200) is counted as a failure.
 -- done() prints one line, BENCH_JSON {...}, that bench/run.py reads.
 
 local threads = {}
@@ -18,7 +21,7 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local method, entry_point, chain_id, salt
+local method, entry_point, chain_id, salt, senders
 local counter = 0
 local prefix, suffix
 
@@ -31,6 +34,12 @@ function init(args)
   entry_point = args[2] or "0x0000000071727De22E5E9d8BAf0edAc6f37da032"
   chain_id = args[3] or "0x7a69"
   salt = tonumber(args[4] or "0")
+  senders = {}
+  if args[5] then
+    for line in io.lines(args[5]) do
+      if #line >= 42 then table.insert(senders, string.sub(line, 3, 42)) end
+    end
+  end
   ok, rpc_errors, http_errors = 0, 0, 0
   sample_error = ""
   wrk.method = "POST"
@@ -54,7 +63,9 @@ function request()
   counter = counter + 1
   -- 20-byte sender and 160-bit nonce from salt, thread and counter (LuaJIT formats %x up to 2^31)
   local tail = string.format("%08x%08x%016x%08x", salt, thread_id, 0, counter)
-  return wrk.format(nil, nil, nil, prefix .. tail .. '","nonce":"0x' .. tail .. suffix)
+  local sender = tail
+  if #senders > 0 then sender = senders[(counter + thread_id) % #senders + 1] end
+  return wrk.format(nil, nil, nil, prefix .. sender .. '","nonce":"0x' .. tail .. suffix)
 end
 
 function response(status, headers, body)

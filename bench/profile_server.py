@@ -32,7 +32,7 @@ from run import ENTRY_POINT_V07, LUA_SCRIPT, SANDBOX_CHAIN_ID, sandbox
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ledger: SQLite commit (fsync)", ("do_commit", "sqlite3_step", "pager_", "unixSync", "fdatasync")),
     ("ledger: SQLAlchemy insert (writer thread)", ("SqlLedger._insert", "anode-ledger")),
-    ("ledger: record() (asdict, queue, future)", ("SqlLedger.record", "SqlLedger._flush")),
+    ("ledger: record() (asdict, queue, future)", ("SqlLedger.record", "GroupCommit.")),
     ("signing: secp256k1 (coincurve)", ("coincurve/", "secp256k1")),
     ("address checksums (EIP-55)", ("to_checksum_address", "checksum (anode/userop/codec")),
     ("keccak", ("Crypto/Hash/keccak", "eth_hash/", "keccak (anode/", "sha3")),
@@ -118,6 +118,8 @@ def record(pid: int, url: str, args: argparse.Namespace) -> Path:
         "--",
     ]
     wrk += [args.method, ENTRY_POINT_V07, SANDBOX_CHAIN_ID, str(int(time.time()) & 0x7FFFFFFF)]
+    if getattr(args, "senders", None):
+        wrk.append(str(args.senders))
     load = subprocess.Popen(wrk, stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     subprocess.run(_spy(pid, "raw", raw, args), check=True, capture_output=True)

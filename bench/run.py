@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -101,16 +102,7 @@ def sandbox(keep: bool) -> Iterator[Server]:
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
     server = Server(f"http://127.0.0.1:{port}/api/v1/rpc", workdir / "sandbox.db", process.pid)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"anode sandbox exited with {process.returncode}:\n{_tail(workdir / 'server.log')}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"anode sandbox did not answer within 120 s:\n{_tail(workdir / 'server.log')}")
-            with contextlib.suppress(OSError, ValueError):
-                rpc(server.rpc_url, "pm_supportedEntryPoints", [], timeout=1.0)
-                break
-            time.sleep(0.3)
+        wait_until_serving(process, server.rpc_url, workdir / "server.log", "anode sandbox", 120)
         print(f"sandbox: aNode pid {process.pid} at {server.rpc_url}, ledger {server.database}")
         yield server
     finally:
@@ -127,6 +119,20 @@ def sandbox(keep: bool) -> Iterator[Server]:
             print(f"sandbox files kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_until_serving(process: subprocess.Popen[bytes], url: str, log: Path, what: str, seconds: float) -> None:
+    """Return once ``url`` answers JSON-RPC; exit with the log's tail if the process dies or times out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode}:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} did not answer within {seconds:g} s:\n{_tail(log)}")
+        with contextlib.suppress(OSError, ValueError):
+            rpc(url, "pm_supportedEntryPoints", [], timeout=1.0)
+            return
+        time.sleep(0.3)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -190,6 +196,12 @@ def machine_busy() -> float:
     return (sum(values) - values[3] - values[4]) / TICKS
 
 
+def machine_steal() -> float:
+    """CPU seconds the hypervisor gave this VM's cores to someone else (``steal`` in /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return values[7] / TICKS if len(values) > 7 else 0.0
+
+
 def wait_for_quiet(max_cores: float, max_wait: float) -> float:
     """Wait until the rest of the machine uses less than ``max_cores`` over a second (or time runs out).
 
@@ -212,16 +224,23 @@ def children_cpu() -> float:
 # ---------------------------------------------------------------- one wrk run
 
 
-def wrk_run(server: Server, method: str, clients: int, seconds: int, threads: int, salt: int) -> dict[str, Any]:
+def wrk_run(
+    server: Server, method: str, clients: int, seconds: int, threads: int, salt: int, senders: Path | None = None
+) -> dict[str, Any]:
+    """One wrk run; ``senders``: a file of addresses to cycle through (see ``jsonrpc.lua``)."""
     threads = max(1, min(threads, clients))
     command = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
     command += ["-s", str(LUA_SCRIPT), server.rpc_url, "--", method, ENTRY_POINT_V07, SANDBOX_CHAIN_ID, str(salt)]
+    if senders is not None:
+        command.append(str(senders))
     records = method == "pm_getPaymasterData" and server.database is not None
     rows_before = settled_rows(server.database) if records and server.database else 0
     server_before, machine_before, wrk_before = process_cpu(server.pid), machine_busy(), children_cpu()
+    steal_before = machine_steal()
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.monotonic() - started
+    steal = machine_steal() - steal_before
     server_cpu = process_cpu(server.pid) - server_before
     wrk_cpu = children_cpu() - wrk_before
     machine_cpu = machine_busy() - machine_before
@@ -243,6 +262,8 @@ def wrk_run(server: Server, method: str, clients: int, seconds: int, threads: in
         server_cpu_us_per_req=server_cpu / result["requests"] * 1e6 if server.pid and result["requests"] else None,
         wrk_cpu_cores=wrk_cpu / wall,
         other_cpu_cores=max(0.0, (machine_cpu - server_cpu - wrk_cpu) / wall) if server.pid else None,
+        # the host running someone else on these cores (part of "other"): the noise a VM cannot see
+        steal_cores=steal / wall,
     )
     if records and server.database:
         grown = settled_rows(server.database) - rows_before
@@ -302,6 +323,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "server_cpu_cores": median(group, "server_cpu_cores"),
                 "wrk_cpu_cores": median(group, "wrk_cpu_cores"),
                 "other_cpu_cores": median(group, "other_cpu_cores"),
+                "steal_cores": median(group, "steal_cores"),
                 "failures": sum(run["failures"] for run in group),
                 "requests": sum(run["requests"] for run in group),
                 "ledger_ok": all(run.get("ledger_ok", True) for run in group),
@@ -330,8 +352,8 @@ def _fmt(value: float | None, spec: str) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
         "| method | clients | req/s (median) | req/s (min-max) | p50 ms | p99 ms | server CPU µs/req "
-        "| server cores | wrk cores | other cores | failures | ledger |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server cores | wrk cores | other cores | of which steal | failures | ledger |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ledger = ("ok" if r["ledger_ok"] else "MISMATCH") if r["method"] == "pm_getPaymasterData" else ""
@@ -339,9 +361,42 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['method']} | {r['clients']} | {r['rps']:,.0f} | {r['rps_min']:,.0f}-{r['rps_max']:,.0f} "
             f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {_fmt(r['server_cpu_us_per_req'], '.0f')} "
             f"| {_fmt(r['server_cpu_cores'], '.2f')} | {_fmt(r['wrk_cpu_cores'], '.2f')} "
-            f"| {_fmt(r['other_cpu_cores'], '.2f')} | {r['failures']} | {ledger} |"
+            f"| {_fmt(r['other_cpu_cores'], '.2f')} | {_fmt(r.get('steal_cores'), '.2f')} "
+            f"| {r['failures']} | {ledger} |"
         )
     return "\n".join(out)
+
+
+def side_by_side(label: str, results: dict[str, list[dict[str, Any]]], clients: list[int]) -> str:
+    """Medians per server and client count, servers side by side (``pipeline.py``, ``e2e_signers.py``)."""
+    lines = [
+        f"| {label} | clients | req/s | p50 ms | p99 ms | server CPU µs/req | other cores | failures | ledger |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for count in clients:
+        for name, runs_all in results.items():
+            runs = [r for r in runs_all if r["clients"] == count]
+            ledger = "ok" if all(r.get("ledger_ok") for r in runs) else "MISMATCH"
+            lines.append(
+                f"| {name} | {count} | {median(runs, 'rps'):,.0f} | {median(runs, 'p50_ms'):.2f} "
+                f"| {median(runs, 'p99_ms'):.2f} | {median(runs, 'server_cpu_us_per_req'):.0f} "
+                f"| {median(runs, 'other_cpu_cores'):.2f} | {sum(r['failures'] for r in runs)} | {ledger} |"
+            )
+    return "\n".join(lines)
+
+
+def write_report(out: Path | None, text: str, runs: int, duration: int) -> None:
+    """Print ``text``; with ``out``, also write it under a line naming the time and the command."""
+    print()
+    print(text)
+    if out is None:
+        return
+    command = " ".join(shlex.quote(arg) for arg in sys.argv)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    header = f"{when}, `python {command}`, {runs} run(s) x {duration} s, wrk -t1, medians\n\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + text + "\n")
+    print(f"wrote {out}")
 
 
 def machine() -> dict[str, Any]:
@@ -377,7 +432,8 @@ def progress(result: dict[str, Any]) -> str:
         f"{SHORT[result['method']]:8} c={result['clients']:<3} {result['rps']:8,.0f} req/s"
         f"  p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms"
         f"  server {_fmt(result['server_cpu_us_per_req'], '.0f')} µs/req"
-        f"  other {_fmt(result['other_cpu_cores'], '.2f')} cores  failures {result['failures']}"
+        f"  other {_fmt(result['other_cpu_cores'], '.2f')} cores (steal {result.get('steal_cores', 0.0):.2f})"
+        f"  failures {result['failures']}"
     )
     if "ledger_rows_added" in result:
         line += f"  ledger +{result['ledger_rows_added']} {'ok' if result['ledger_ok'] else 'MISMATCH'}"
