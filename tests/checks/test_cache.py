@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from anode.chain.cache import MemoryTTLCache, RedisTTLCache, make_cache
 from tests.checks.conftest import REDIS_URL
+from tests.support.waiting import eventually
 
 
 class Loads:
@@ -181,11 +182,11 @@ async def test_two_redis_caches_share_one_load(redis: Redis, redis_prefix: str) 
 async def test_redis_entries_expire_after_their_ttl(redis: Redis, redis_prefix: str) -> None:
     cache = RedisTTLCache(redis, prefix=redis_prefix)
     load = Loads(["x"])
-    await cache.get_or_load("k", 0.15, load)
-    await cache.get_or_load("k", 0.15, load)
+    await cache.get_or_load("k", 0.5, load)
+    await cache.get_or_load("k", 0.5, load)
     assert load.count == 1
-    await asyncio.sleep(0.25)
-    await cache.get_or_load("k", 0.15, load)
+    await asyncio.sleep(0.6)
+    await cache.get_or_load("k", 0.5, load)
     assert load.count == 2
 
 
@@ -307,7 +308,7 @@ async def test_redis_entries_are_reloaded_ahead_of_their_ttl(redis: Redis, redis
     await other.get_or_load("k", 60, Loads(["old"]))  # read 55 s ago: past 90 % of 60 s
     fresh = Loads(["fresh"])
     assert await cache.get_or_load("k", 60, fresh) == ["old"], "answered at once"
-    await asyncio.sleep(0.05)
+    await eventually(lambda: fresh.count == 1 and len(cache._flight) == 0)  # the reload is stored
     assert fresh.count == 1
     assert await cache.get_or_load("k", 60, Loads(["never"])) == ["fresh"]
     third = RedisTTLCache(redis, prefix=redis_prefix, wall_clock=lambda: wall.now)

@@ -26,6 +26,7 @@ from anode.signers.manager_settings import ManagerSettings, signer_config
 from anode.signers.registry import SignerSettingsBase
 from tests.keys import fakes
 from tests.keys.conftest import ADDRESS_7, ADDRESS_8, ADDRESS_9, KEY_7, KEY_8, KEY_9
+from tests.support.waiting import eventually
 
 SINGLETON = bytes.fromhex("5a" * 20)
 OTHER_SINGLETON = bytes.fromhex("5b" * 20)
@@ -259,7 +260,8 @@ async def test_health_probes_run_on_an_interval_and_show_in_the_snapshot(closing
         ("backup1:local", "backup", True, "closed"),
     ]
     fakes.control("p").mode = "hang"
-    await asyncio.sleep(0.4)  # probes time out, count as failures, open the circuit
+    # probes time out, count as failures, open the circuit
+    await eventually(lambda: manager.health()["backends"][0]["circuit"] == "open", what="the circuit opening")
     snapshot = manager.health()
     primary = snapshot["backends"][0]
     assert snapshot["status"] == "degraded"
@@ -267,8 +269,9 @@ async def test_health_probes_run_on_an_interval_and_show_in_the_snapshot(closing
     assert primary["circuit"] == "open"
     assert sample(manager, "anode_signer_healthy", backend="primary:flaky") == 0
     fakes.control("p").mode = "ok"
-    await asyncio.sleep(0.4)  # a probe gets through: healthy, closed
-    assert manager.health()["status"] == "ok" and manager.health()["backends"][0]["circuit"] == "closed"
+    # a probe gets through: healthy, closed
+    await eventually(lambda: manager.health()["backends"][0]["circuit"] == "closed", what="the circuit closing")
+    assert manager.health()["status"] == "ok" and manager.health()["backends"][0]["healthy"] is True
 
 
 async def test_health_is_down_when_no_backend_can_sign(closing: list[ManagedSigner]) -> None:
