@@ -62,7 +62,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME=PREFIX",
+        help="also serve every backend with this code (as bench/ab.py: PYTHONPATH=/tmp/copy), interleaved",
+    )
     args = parser.parse_args()
+    variants = [("", "")] + [tuple(spec.split("=", 1)) for spec in args.variant or []]
 
     results: dict[str, list[dict[str, Any]]] = {}
     skipped: dict[str, str] = {}
@@ -79,10 +86,13 @@ def main() -> int:
                 print(f"skipping {name}: {exc}", flush=True)
                 continue
             address = build_signer(signer_settings(config)).address
-            servers[name] = stack.enter_context(
-                variant_server(name, "", workdir, backend_tree(workdir, name, config, address))
-            )
-            results[name] = []
+            tree = backend_tree(workdir, name, config, address)
+            for variant, prefix in variants:
+                label = f"{variant}:{name}" if variant else name
+                servers[label] = stack.enter_context(
+                    variant_server(f"{variant}-{name}" if variant else name, prefix, workdir, tree)
+                )
+                results[label] = []
             print(f"{name}: signs as {address}", flush=True)
         salt = int(time.time()) & 0x7FFFFFF
         for server in servers.values():  # warm-up

@@ -9,6 +9,7 @@ import httpx
 import orjson
 
 from anode.errors import ChainUnavailable, ServiceUnavailable, UpstreamRejected
+from anode.outbound import HttpClient, OutboundError
 from anode.userop.codec import parse_bytes, parse_quantity
 
 _BALANCE_OF = bytes.fromhex("70a08231")  # balanceOf(address): EntryPoint deposits
@@ -35,22 +36,21 @@ class JsonRpcClient:
         self.url = url
         #: what messages show: never the path or query, where provider keys live
         self.display_url = redacted(url)
-        self._http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=32))
+        # reads and estimates only: safe to send again on a kept-alive connection the node dropped
+        self._http = HttpClient(url, timeout=timeout, max_connections=32, retry_disconnected=True)
         self._ids = itertools.count(1)
 
     async def request(self, method: str, params: list[Any]) -> Any:
         body = orjson.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
         try:
-            response = await self._http.post(self.url, content=body, headers={"content-type": "application/json"})
-        except httpx.HTTPError as exc:
-            raise self.unavailable(
-                f"{self.label} at {self.display_url} is unreachable ({type(exc).__name__})"
-            ) from None
+            response = await self._http.post_json("", body)
+        except OutboundError as exc:
+            raise self.unavailable(f"{self.label} at {self.display_url} is unreachable ({exc.reason})") from None
         try:
-            payload = orjson.loads(response.content)
+            payload = orjson.loads(response.body)
         except orjson.JSONDecodeError:
             raise self.unavailable(
-                f"{self.label} at {self.display_url} answered HTTP {response.status_code} without JSON"
+                f"{self.label} at {self.display_url} answered HTTP {response.status} without JSON"
             ) from None
         if not isinstance(payload, dict):
             raise self.unavailable(f"{self.label} at {self.display_url} answered with a malformed JSON-RPC reply")

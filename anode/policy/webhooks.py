@@ -21,7 +21,6 @@ token) ever appears in a log line or an error message.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -31,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 
+from anode.outbound import HttpClient, OutboundError, OutboundTimeout
 from anode.policy.models import Policy
 
 log = logging.getLogger("anode.policy")
@@ -44,6 +43,7 @@ DELIVERY_HEADER = "X-Anode-Delivery"
 EVENT_TYPE = "user_operation.sponsorship.requested"
 REPLAY_TOLERANCE_SECONDS = 300
 _MAX_REASON = 200
+_DEFAULT_TIMEOUT = 30.0  # the longest a policy may set; each request passes its own
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -88,13 +88,11 @@ class WebhookAnswer:
 
 
 class WebhookClient:
-    """Posts through an ``httpx`` transport directly: ``httpx.AsyncClient`` logs every request's full
-    URL at INFO, and a webhook URL may carry a token. No proxies from the environment, no redirects."""
+    """Posts to policy webhooks (``anode.outbound``: no redirects, no proxies from the environment,
+    no URL in any log, since a webhook URL may carry a token). Nothing is sent twice."""
 
-    def __init__(
-        self, transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] = time.time
-    ) -> None:
-        self._transport = transport or httpx.AsyncHTTPTransport(retries=0)
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._http = HttpClient(timeout=_DEFAULT_TIMEOUT, max_connections=64)
         self._clock = clock
 
     def body(self, policy: Policy, query: WebhookQuery) -> bytes:
@@ -134,32 +132,20 @@ class WebhookClient:
             TIMESTAMP_HEADER: str(parsed["timestamp"]),
             DELIVERY_HEADER: parsed["id"],
         }
-        request = httpx.Request(
-            "POST",
-            hook.url,
-            content=body,
-            headers=headers,
-            extensions={"timeout": httpx.Timeout(hook.timeout).as_dict()},
-        )
         try:
-            async with asyncio.timeout(hook.timeout):
-                reply = await self._transport.handle_async_request(request)
-                try:
-                    content = await reply.aread()
-                finally:
-                    await reply.aclose()
-            return _decision(reply.status_code, content)
-        except (TimeoutError, httpx.TimeoutException):
+            reply = await self._http.request("POST", hook.url, body=body, headers=headers, timeout=hook.timeout)
+            return _decision(reply.status, reply.body)
+        except OutboundTimeout:
             problem = f"did not answer within {hook.timeout:g} s"
-        except httpx.HTTPError as exc:
-            problem = f"could not be reached ({type(exc).__name__})"
+        except OutboundError as exc:
+            problem = f"could not be reached ({exc.reason})"
         except _BadReply as exc:
             problem = str(exc)
         log.warning("policy %s: webhook %s; fail_mode %s", policy.id, problem, hook.fail_mode)
         return WebhookAnswer(sponsor=hook.fail_mode == "open", reason=problem, failed=True)
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self._http.aclose()
 
 
 class _BadReply(Exception):

@@ -42,6 +42,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from anode.chain.client import redacted
 from anode.errors import ConfigError, SignerUnavailable
+from anode.outbound import HttpClient, OutboundError, OutboundTimeout, Reply
 from anode.signers.base import SECP256K1_N, SignedDigest
 from anode.signers.registry import SignerSettingsBase
 
@@ -51,6 +52,7 @@ _HALF_N = SECP256K1_N // 2
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _SIGNATURE = re.compile(r"^(0x)?[0-9a-fA-F]{130}$")
 BAD_SIGNATURE = "ANODE_SIGNER_BAD_SIGNATURE"
+_JSON = {"content-type": "application/json"}
 
 
 class Settings(SignerSettingsBase):
@@ -101,25 +103,30 @@ def _verify(settings: Settings) -> ssl.SSLContext | bool:
         raise ConfigError(f"signer.ca_file: cannot read a CA bundle from {settings.ca_file}") from None
 
 
-def _client_options(settings: Settings) -> dict[str, Any]:
+def _headers(settings: Settings) -> dict[str, str]:
     headers = {"user-agent": "anode-remote-signer"}
     if settings.token is not None:
         headers["authorization"] = f"Bearer {settings.token.get_secret_value()}"
+    return headers
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    """For the synchronous ``httpx.Client`` of start-up."""
     return {
         "base_url": settings.url,
-        "headers": headers,
+        "headers": _headers(settings),
         "timeout": settings.timeout_seconds,
         "verify": _verify(settings),
     }
 
 
-def _server_message(response: httpx.Response) -> str:
+def _server_message(content: bytes) -> str:
     """The key server's own error message (``{error: {message}}`` or text), shortened."""
     try:
-        body = orjson.loads(response.content)
+        body = orjson.loads(content)
         message = body["error"]["message"] if isinstance(body.get("error"), dict) else body.get("error", "")
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        message = response.text
+        message = content.decode("utf-8", "replace")
     return str(message).strip()[:200]
 
 
@@ -178,7 +185,6 @@ class RemoteSigner:
         *,
         identifier: str | None = None,
         backend: str = "remote",
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._settings = settings
         self._address = to_checksum_address(address)
@@ -186,10 +192,10 @@ class RemoteSigner:
         self._identifier = identifier  # web3signer: the public key as the server lists it
         self.backend = backend
         self.display_url = redacted(settings.url)
-        limits = httpx.Limits(
-            max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
-        )
-        self._http = httpx.AsyncClient(**_client_options(settings), limits=limits, transport=transport)
+        self._http = HttpClient(
+            settings.url, timeout=settings.timeout_seconds, max_connections=settings.max_connections,
+            headers=_headers(settings), tls=_verify(settings), retry_disconnected=True,
+        )  # fmt: skip
 
     @classmethod
     def connect(cls, settings: Settings, *, backend: str = "remote") -> RemoteSigner:
@@ -208,7 +214,7 @@ class RemoteSigner:
         except httpx.HTTPError as exc:
             raise ConfigError(f"signer.url: cannot reach {where} ({type(exc).__name__})") from None
         if response.status_code != 200:
-            message = _refusal(response.status_code, where, settings.key_id, _server_message(response))
+            message = _refusal(response.status_code, where, settings.key_id, _server_message(response.content))
             raise ConfigError(f"signer: {message}")
         try:
             body = orjson.loads(response.content)
@@ -243,7 +249,7 @@ class RemoteSigner:
         body = {"algorithm": ALGORITHM, "data": "0x" + digest.hex(), "key_id": self._key_id}
         response = await self._request("POST", "/sign", body)
         try:
-            signature = orjson.loads(response.content)["signature"]
+            signature = orjson.loads(response.body)["signature"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise SignerUnavailable(f"{self._where()} answered no signature", code=BAD_SIGNATURE) from None
         return self._checked(digest, signature)
@@ -266,7 +272,7 @@ class RemoteSigner:
             return
         response = await self._request("POST", "/health", None)
         try:
-            body = orjson.loads(response.content)
+            body = orjson.loads(response.body)
             served = {(key["key_id"], to_checksum_address(key["address"])) for key in body["keys"]}
             ok = body["status"] == "ok"
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -280,22 +286,22 @@ class RemoteSigner:
     def _where(self) -> str:
         return f"remote signer: the key server at {self.display_url}"
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
-        content = None if body is None else orjson.dumps(body)
-        headers = None if body is None else {"content-type": "application/json"}
-        for attempt in (1, 2):
-            try:
-                response = await self._http.request(method, path, content=content, headers=headers)
-                break
-            except httpx.TimeoutException:
-                raise SignerUnavailable(
-                    f"{self._where()} did not answer within {self._settings.timeout_seconds}s"
-                ) from None
-            except httpx.TransportError as exc:
-                if attempt == 2:
-                    raise SignerUnavailable(f"{self._where()} is unreachable ({type(exc).__name__})") from None
-        if response.status_code != 200:
-            message = _refusal(response.status_code, self._where(), self._key_id, _server_message(response))
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Reply:
+        """One call; a connection the server dropped unanswered is tried once more (signing is
+        safe to repeat: the same digest signed twice is the same authorisation)."""
+        try:
+            if body is None:
+                response = await self._http.request(method, path)
+            else:
+                response = await self._http.request(method, path, body=orjson.dumps(body), headers=_JSON)
+        except OutboundTimeout:
+            raise SignerUnavailable(
+                f"{self._where()} did not answer within {self._settings.timeout_seconds}s"
+            ) from None
+        except OutboundError as exc:
+            raise SignerUnavailable(f"{self._where()} is unreachable ({exc.reason})") from None
+        if response.status != 200:
+            message = _refusal(response.status, self._where(), self._key_id, _server_message(response.body))
             raise SignerUnavailable(message)
         return response
 

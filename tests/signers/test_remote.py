@@ -7,8 +7,8 @@ Web3Signer's source: ``POST /api/v1/eth1/sign/{public key}`` signs ``keccak256(d
 ``0x<r ‖ s ‖ v>`` as text; ``GET /api/v1/eth1/publicKeys`` lists 64-byte public keys. What aNode
 sends is checked byte for byte against a wallet's EIP-191 signature, and on chain.
 
-The rest use ``httpx.MockTransport`` for what a real key server will not do on request: answer
-500, hang, drop a connection, return a high-s or another key's signature. The TLS test runs the
+The rest run a local HTTP server (aiohttp) that answers what a real key server will not do on
+request: 500, hang, drop a connection, return a high-s or another key's signature. The TLS test runs the
 key server over HTTPS with a private CA made by ``cryptography``.
 """
 
@@ -18,8 +18,10 @@ import asyncio
 import datetime
 import ipaddress
 import os
+import re
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from coincurve import PrivateKey
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -173,24 +177,53 @@ def test_anode_serve_sponsors_through_web3signer(
 
 # ----------------------------------------------------------------------------- the client, against fakes
 
-Handler = Callable[[httpx.Request], httpx.Response]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def fake(handler: Handler, **changes: Any) -> RemoteSigner:
-    settings = remote.Settings.model_validate(
-        {"type": "remote", "url": "https://keys.example:9100/base?secret=1", "token": TOKEN, "key_id": "pm", **changes}
-    )
-    return RemoteSigner(settings, ADDRESS, transport=httpx.MockTransport(handler))
+@pytest.fixture
+async def fake_keyserver() -> AsyncIterator[Callable[..., Awaitable[RemoteSigner]]]:
+    """``await fake_keyserver(handler, **settings)``: a RemoteSigner talking over real HTTP to a
+    local server whose every answer ``handler`` writes (what a real key server will not do on
+    request: answer 500, hang, drop the connection, return a high-s or another key's signature)."""
+    started: list[tuple[TestServer, RemoteSigner]] = []
+
+    async def make(handler: Handler, **changes: Any) -> RemoteSigner:
+        app = web.Application()
+        app.router.add_route("*", "/base-secret-1/{tail:.*}", handler)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        url = f"http://127.0.0.1:{server.port}/base-secret-1"
+        settings = remote.Settings.model_validate(
+            {"type": "remote", "url": url, "token": TOKEN, "key_id": "pm", **changes}
+        )
+        signer = RemoteSigner(settings, ADDRESS)
+        started.append((server, signer))
+        return signer
+
+    yield make
+    for server, signer in started:
+        await signer.aclose()
+        await server.close()
+
+
+def answer(status: int = 200, json: Any = None, body: bytes | None = None) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if body is not None:
+            return web.Response(status=status, body=body)
+        return web.json_response(json, status=status)
+
+    return handler
 
 
 def signing(mangle: Callable[[bytes], bytes] = lambda sig: sig, key: str = KEY) -> Handler:
-    def handler(request: httpx.Request) -> httpx.Response:
-        body = orjson.loads(request.content)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        assert request.path == "/base-secret-1/sign"
         assert request.headers["authorization"] == f"Bearer {TOKEN}"
         assert body["algorithm"] == "secp256k1-ecdsa-digest" and body["key_id"] == "pm"
         raw = PrivateKey(bytes.fromhex(key[2:])).sign_recoverable(bytes.fromhex(body["data"][2:]), hasher=None)
         signature = raw[:64] + bytes([raw[64] + 27])
-        return httpx.Response(200, json={"signature": "0x" + mangle(signature).hex(), "address": ADDRESS})
+        return web.json_response({"signature": "0x" + mangle(signature).hex(), "address": ADDRESS})
 
     return handler
 
@@ -200,12 +233,14 @@ def high_s(signature: bytes) -> bytes:
     return signature[:32] + s.to_bytes(32, "big") + bytes([55 - signature[64]])
 
 
-async def test_a_high_s_signature_or_v_0_1_comes_back_canonical() -> None:
+FakeKeyserver = Callable[..., Awaitable[RemoteSigner]]
+
+
+async def test_a_high_s_signature_or_v_0_1_comes_back_canonical(fake_keyserver: FakeKeyserver) -> None:
     for mangle in (high_s, lambda sig: sig[:64] + bytes([sig[64] - 27])):
-        signer = fake(signing(mangle))
+        signer = await fake_keyserver(signing(mangle))
         digest = os.urandom(32)
         assert_valid(await signer.unsafe_sign_hash(digest), digest, ADDRESS)
-        await signer.aclose()
 
 
 @pytest.mark.parametrize(
@@ -214,17 +249,16 @@ async def test_a_high_s_signature_or_v_0_1_comes_back_canonical() -> None:
         (signing(key="0x" + "3c" * 32), "does not recover to"),
         (signing(lambda sig: sig[:64] + b"\x05"), "out-of-range signature"),
         (signing(lambda sig: sig[:40]), "malformed signature"),
-        (lambda request: httpx.Response(200, json={"sig": "0x"}), "answered no signature"),
-        (lambda request: httpx.Response(200, content=b"<html>"), "answered no signature"),
+        (answer(json={"sig": "0x"}), "answered no signature"),
+        (answer(body=b"<html>"), "answered no signature"),
     ],
     ids=["another-key", "bad-v", "short", "no-field", "not-json"],
 )
-async def test_a_bad_signature_is_an_error(handler: Handler, message: str) -> None:
-    signer = fake(handler)
+async def test_a_bad_signature_is_an_error(fake_keyserver: FakeKeyserver, handler: Handler, message: str) -> None:
+    signer = await fake_keyserver(handler)
     with pytest.raises(SignerUnavailable, match=message) as caught:
         await signer.unsafe_sign_hash(os.urandom(32))
     assert caught.value.code == "ANODE_SIGNER_BAD_SIGNATURE"
-    await signer.aclose()
 
 
 @pytest.mark.parametrize(
@@ -236,61 +270,66 @@ async def test_a_bad_signature_is_an_error(handler: Handler, message: str) -> No
         (500, r"answered 500: the HSM is on fire"),
     ],
 )
-async def test_refusals_say_what_to_check_and_never_show_the_token_or_url_path(status: int, message: str) -> None:
-    signer = fake(
-        lambda request: httpx.Response(status, json={"error": {"code": "x", "message": "the HSM is on fire"}})
-    )
+async def test_refusals_say_what_to_check_and_never_show_the_token_or_url_path(
+    fake_keyserver: FakeKeyserver, status: int, message: str
+) -> None:
+    signer = await fake_keyserver(answer(status, json={"error": {"code": "x", "message": "the HSM is on fire"}}))
     with pytest.raises(SignerUnavailable, match=message) as caught:
         await signer.unsafe_sign_hash(os.urandom(32))
     assert caught.value.code == "ANODE_SIGNER_UNAVAILABLE"
     for text in (caught.value.message, repr(signer)):
-        assert TOKEN not in text and "secret=1" not in text and "/base" not in text
-        assert "https://keys.example:9100" in text
-    await signer.aclose()
+        assert TOKEN not in text and "secret" not in text and "/base" not in text
+        assert re.search(r"http://127\.0\.0\.1:\d+\b", text)
 
 
-async def test_a_dropped_connection_is_retried_once_and_a_dead_server_is_unavailable() -> None:
+async def test_a_dropped_connection_is_retried_once_and_a_dead_server_is_unavailable(
+    fake_keyserver: FakeKeyserver,
+) -> None:
     calls = 0
     good = signing()
 
-    def flaky(request: httpx.Request) -> httpx.Response:
+    async def drops_the_first(request: web.Request) -> web.StreamResponse:
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response", request=request)
-        return good(request)
+            assert request.transport is not None
+            request.transport.abort()  # closed without a byte of answer
+            raise web.HTTPInternalServerError()
+        return await good(request)
 
-    signer = fake(flaky)
+    signer = await fake_keyserver(drops_the_first)
     digest = os.urandom(32)
     assert_valid(await signer.unsafe_sign_hash(digest), digest, ADDRESS)
     assert calls == 2
-    await signer.aclose()
 
-    def dead(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:  # bound, never listening: refused
+        closed.bind(("127.0.0.1", 0))
+        settings = remote.Settings.model_validate(
+            {"type": "remote", "url": f"http://127.0.0.1:{closed.getsockname()[1]}", "token": TOKEN, "key_id": "pm"}
+        )
+        dead = RemoteSigner(settings, ADDRESS)
+        try:
+            with pytest.raises(SignerUnavailable, match=r"unreachable \(connection refused\)"):
+                await dead.unsafe_sign_hash(digest)
+        finally:
+            await dead.aclose()
 
-    signer = fake(dead)
-    with pytest.raises(SignerUnavailable, match=r"unreachable \(ConnectError\)"):
-        await signer.unsafe_sign_hash(digest)
-    await signer.aclose()
 
+async def test_a_slow_key_server_times_out(fake_keyserver: FakeKeyserver) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(5)
+        return web.Response()
 
-async def test_a_slow_key_server_times_out() -> None:
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out", request=request)
-
-    signer = fake(slow, timeout_seconds=0.25)
+    signer = await fake_keyserver(slow, timeout_seconds=0.25)
     with pytest.raises(SignerUnavailable, match=r"did not answer within 0.25s"):
         await signer.unsafe_sign_hash(os.urandom(32))
-    await signer.aclose()
 
 
-async def test_sign_eip191_in_anode_mode_signs_the_eip191_digest() -> None:
-    signer = fake(signing())
+async def test_sign_eip191_in_anode_mode_signs_the_eip191_digest(fake_keyserver: FakeKeyserver) -> None:
+    signer = await fake_keyserver(signing())
     message_hash = os.urandom(32)
     signed = await signer.sign_eip191(message_hash)
     assert signed.signature == bytes(Account.sign_message(encode_defunct(primitive=message_hash), KEY).signature)
-    await signer.aclose()
 
 
 async def test_concurrent_signatures_share_the_connection_pool(keyserver: KeyserverProcess) -> None:
