@@ -3,12 +3,14 @@
 Environment keys map onto the YAML tree with ``__`` for nesting and list indexes as numbers:
 ``ANODE_SIGNER__PRIVATE_KEY``, ``ANODE_CHAINS__0__RPC_URL``. A value that starts with ``[`` or
 ``{`` is read as YAML (``ANODE_AUTH__API_KEYS='["k1","k2"]'``); anything else stays a string and
-is converted by the field's type. Secrets are ``SecretStr``: they never print.
+is converted by the field's type. Secrets are ``SecretStr``: they never print. ``ANODE_CONFIG``
+and ``ANODE_TEST_…`` (the test suite's own variables) are not settings.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,6 +33,8 @@ from anode.signers.registry import SignerSettingsBase
 from anode.userop.codec import parse_address
 
 ENV_PREFIX = "ANODE_"
+#: the test suite's own variables (``ANODE_TEST_REDIS_URL``, ``ANODE_TEST_REQUIRE_ALL``): not settings
+TEST_ENV_PREFIX = "ANODE_TEST_"
 MAX_VALIDITY_SECONDS = 86_400
 
 
@@ -173,13 +177,61 @@ def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> None:
             node = node[key]
 
 
+#: a quoted piece of a YAML problem (``'\\t'``, ``'<block end>'``, or text from the file: a tag, an alias)
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_TOKEN_NAME = re.compile(r"<[a-z ]+>")
+
+
+def _masked(text: str) -> str:
+    """``text`` with every quoted piece longer than a character or two (it could be from the file) as ``'…'``."""
+
+    def keep(match: re.Match[str]) -> str:
+        inner = match.group()[1:-1]
+        return match.group() if len(inner) <= 4 or _TOKEN_NAME.fullmatch(inner) else "'…'"
+
+    return _QUOTED.sub(keep, text)
+
+
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """What is wrong and where (line, column), never the text around it.
+
+    PyYAML's own message quotes the offending line, which in a config file may be a key or a
+    password; this says only the kind of problem and its position (1-based).
+    """
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = _masked(exc.problem or exc.context or "syntax error")
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        started = ""
+        if exc.problem and exc.context and exc.context_mark is not None and exc.context_mark is not mark:
+            start = exc.context_mark
+            started = f" ({_masked(exc.context)} from line {start.line + 1}, column {start.column + 1})"
+        return f"{problem}{where}{started}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{_masked(str(exc.reason))} at character {exc.position + 1}"
+    return f"unreadable YAML ({type(exc).__name__})"
+
+
 def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Merge ``ANODE_…`` variables into ``tree``; a bad one is a ``ConfigError`` naming it, never its value."""
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in ("ANODE_CONFIG",):
+        if not name.startswith(ENV_PREFIX) or name == "ANODE_CONFIG" or name.startswith(TEST_ENV_PREFIX):
             continue
         raw = environ[name]
-        value: Any = yaml.safe_load(raw) if raw[:1] in "[{" and raw else raw
-        _set_path(tree, name[len(ENV_PREFIX) :].lower().split("__"), value)
+        value: Any = raw
+        if raw[:1] in "[{" and raw:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise ConfigError(
+                    f"environment variable {name} starts with {raw[0]!r}, so it is read as YAML, and its value "
+                    f"is not valid YAML: {describe_yaml_error(exc)}"
+                ) from None
+        try:
+            _set_path(tree, name[len(ENV_PREFIX) :].lower().split("__"), value)
+        except ConfigError as exc:
+            problem = exc.message.removeprefix("environment override: ")
+            raise ConfigError(f"environment variable {name}: {problem}") from None
     return tree
 
 
@@ -189,11 +241,13 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     tree: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start + 1})") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {describe_yaml_error(exc)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         tree = loaded or {}

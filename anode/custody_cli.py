@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import ValidationError
 
 from anode.errors import ConfigError
 
@@ -67,7 +68,8 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 
 def backend_spec(text: str) -> BackendEntry:
-    """A backend mapping from a YAML file, or inline as ``type=local,private_key_file=…``."""
+    """A backend mapping from a YAML file, or inline as ``type=keystore,keystore_path=…,password_env=…``
+    (an inline spec never holds a key: a key on the command line ends up in shell history)."""
     from anode.signers.manager_settings import BackendEntry
 
     path = Path(text)
@@ -85,8 +87,11 @@ def backend_spec(text: str) -> BackendEntry:
         raw = dict(part.split("=", 1) for part in text.split(",") if part)
     try:
         return BackendEntry.model_validate(raw)
-    except ValueError as exc:
-        raise ConfigError(f"signer {text.split(',')[0]}: {str(exc).splitlines()[-1].strip()}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"] if part != "signer")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"signer {text.split(',')[0]}: {field + ': ' if field else ''}{message}") from None
 
 
 def _entries(settings: Settings) -> list[tuple[str, BackendEntry]]:

@@ -8,7 +8,7 @@ keys:
 tokens:
   - id: anode-eu
     token_sha256: 5e884898…             # `anode keyserver token` prints a token and its digest
-audit_log: /var/lib/anode-keyserver/audit.jsonl
+audit_log: /var/lib/anode-keyserver/audit.jsonl   # its head is kept beside it, in audit.jsonl.head
 host: 0.0.0.0
 port: 9100
 tls_cert: /etc/anode-keyserver/cert.pem # with tls_key: serve HTTPS (do, off localhost)
@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from anode.config import SignerConfig
+from anode.config import SignerConfig, describe_yaml_error
 from anode.errors import ConfigError
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -96,11 +96,13 @@ class KeyserverSettings(_Section):
 def load_keyserver_settings(path: Path) -> KeyserverSettings:
     """Read and validate the key server's YAML file; :class:`ConfigError` names every problem."""
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read key server config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"key server config {path} is not UTF-8 text (byte {exc.start + 1})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"key server config {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"key server config {path} is not valid YAML: {describe_yaml_error(exc)}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"key server config {path} must hold a mapping at the top level")
     try:

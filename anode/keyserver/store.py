@@ -1,14 +1,9 @@
-"""What the key server holds: its keys, the callers' hashed tokens, and the audit log.
+"""What the key server holds: its keys and the callers' hashed tokens (the audit log: ``audit.py``).
 
 Keys are built with :func:`anode.signers.registry.build_signer`, so any backend works. At start-up
 each key signs a fixed probe digest; the public key recovered from it (needed by the Web3Signer
 routes, which list public keys) must give the backend's own address, so a backend that signs
 with another key or hashes the digest again stops start-up.
-
-The audit log is append-only JSON lines, one per signature, each carrying ``prev``: the SHA-256 of
-the line before it (64 zeros for the first). :func:`verify_audit` walks the chain: a record
-changed, removed or reordered breaks it at that line. (Cutting records off the end leaves a
-valid, shorter chain: keep the record count or last hash somewhere else to detect that.)
 """
 
 from __future__ import annotations
@@ -16,20 +11,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-import orjson
 from coincurve import PublicKey
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from anode.errors import ConfigError
+from anode.keyserver.audit import AuditLog, verify_audit
 from anode.keyserver.config import KeySettings, TokenSettings
 from anode.signers.base import Signer
 from anode.signers.registry import build_signer
@@ -37,7 +27,8 @@ from anode.signers.registry import build_signer
 log = logging.getLogger("anode.keyserver")
 
 PROBE_DIGEST = keccak(b"anode keyserver start-up probe")
-GENESIS = "0" * 64
+
+__all__ = ["PROBE_DIGEST", "AuditLog", "Key", "KeyRing", "Tokens", "verify_audit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,64 +121,3 @@ class Tokens:
             if hmac.compare_digest(digest, known):
                 found = token_id
         return found
-
-
-def _last_line_hash(path: Path) -> str:
-    """SHA-256 of the last record in an existing log (the chain continues from it)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 65536))
-            lines = [line for line in handle.read().split(b"\n") if line.strip()]
-    except FileNotFoundError:
-        return GENESIS
-    return hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
-
-
-class AuditLog:
-    """Append-only, hash-chained JSON lines; a record is on disk before its signature leaves."""
-
-    def __init__(self, path: Path, *, fsync: bool = False) -> None:
-        self.path = path
-        self._fsync = fsync
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._prev = _last_line_hash(path)
-        try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise ConfigError(f"audit_log: cannot open {path} for appending ({exc.strerror})") from None
-
-    def append(self, **fields: Any) -> None:
-        """Write one record (``time`` and ``prev`` added); ``OSError`` when the disk refuses."""
-        with self._lock:
-            record = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **fields, "prev": self._prev}
-            line = orjson.dumps(record)
-            os.write(self._fd, line + b"\n")
-            if self._fsync:
-                os.fsync(self._fd)
-            self._prev = hashlib.sha256(line).hexdigest()
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def verify_audit(path: Path) -> int:
-    """Check the chain of an audit log; the number of records, or ``ValueError`` naming the first bad line."""
-    prev = GENESIS
-    count = 0
-    with open(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip(b"\n")
-            if not line:
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise ValueError(f"line {number}: not a JSON record") from None
-            if not isinstance(record, dict) or record.get("prev") != prev:
-                raise ValueError(f"line {number}: the chain is broken (a record before it was changed or removed)")
-            prev = hashlib.sha256(line).hexdigest()
-            count += 1
-    return count

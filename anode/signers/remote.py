@@ -175,6 +175,18 @@ def _choose_web3signer_key(keys: list[str], wanted: str | None, where: str) -> t
     raise ConfigError(f"signer.key_id: {where} holds no key {wanted!r} (it lists {len(listed)})")
 
 
+def _listed_address(content: bytes, key_id: str | None) -> str | None:
+    """The address ``POST /health`` lists for ``key_id`` (``{status, keys: [{key_id, address}]}``)."""
+    try:
+        keys = orjson.loads(content)["keys"]
+        for key in keys:
+            if key["key_id"] == key_id and isinstance(key["address"], str) and _ADDRESS.match(key["address"]):
+                return str(key["address"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return None
+
+
 class RemoteSigner:
     """One key on a key server. Holds an HTTP connection pool and the key's address, nothing secret."""
 
@@ -205,8 +217,14 @@ class RemoteSigner:
         try:
             with httpx.Client(**_client_options(settings)) as http:
                 if settings.mode == "anode":
-                    assert settings.key_id is not None
-                    response = http.get(f"/keys/{quote(settings.key_id, safe='')}")
+                    # the protocol's own call: the keys this token may use, with their addresses
+                    response = http.post("/health")
+                    if response.status_code == 200 and _listed_address(response.content, settings.key_id) is None:
+                        # not listed: aNode's key server says why (404 no such key, 403 not yours)
+                        assert settings.key_id is not None
+                        detail = http.get(f"/keys/{quote(settings.key_id, safe='')}")
+                        if detail.status_code in (403, 404):
+                            response = detail
                 else:
                     response = http.get("/api/v1/eth1/publicKeys")
         except httpx.TimeoutException:
@@ -221,9 +239,12 @@ class RemoteSigner:
         except orjson.JSONDecodeError:
             raise ConfigError(f"signer.url: {where} did not answer JSON: is it a key server?") from None
         if settings.mode == "anode":
-            address = body.get("address") if isinstance(body, dict) else None
-            if not isinstance(address, str) or not _ADDRESS.match(address):
-                raise ConfigError(f"signer.url: {where} answered no address for key {settings.key_id!r}")
+            address = _listed_address(response.content, settings.key_id)
+            if address is None:
+                raise ConfigError(
+                    f"signer.key_id: {where} does not list key {settings.key_id!r} in POST /health for this "
+                    "token: check signer.key_id and the key's allowed callers"
+                )
         else:
             if not isinstance(body, list) or not all(isinstance(key, str) for key in body):
                 raise ConfigError(f"signer.url: {where} did not list public keys: is it Web3Signer?")

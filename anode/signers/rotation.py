@@ -207,16 +207,22 @@ async def signed_transaction(
 async def send_transaction(chain: ChainClient, owner: Signer, call: ContractCall, *, timeout_s: float = 120) -> str:
     """Sign ``call`` as an EIP-1559 transaction with ``owner`` (any backend), send it, wait for it to succeed."""
     sender = owner.address
-    nonce = parse_quantity(await chain.request("eth_getTransactionCount", [sender, "pending"]))
+
+    async def quantity(method: str, params: list[Any]) -> int:
+        return chain.parsed(method, await chain.request(method, params), parse_quantity)
+
+    nonce = await quantity("eth_getTransactionCount", [sender, "pending"])
     block = await chain.request("eth_getBlockByNumber", ["latest", False])
-    base_fee = parse_quantity(block.get("baseFeePerGas") or "0x0")
+    if not isinstance(block, dict):
+        raise ChainUnavailable(f"{chain.label} at {chain.display_url} answered eth_getBlockByNumber with no block")
+    base_fee = chain.parsed("eth_getBlockByNumber", block.get("baseFeePerGas") or "0x0", parse_quantity)
     try:
-        tip = parse_quantity(await chain.request("eth_maxPriorityFeePerGas", []))
+        tip = await quantity("eth_maxPriorityFeePerGas", [])
     except UpstreamRejected:
         tip = 10**9
     request = {"from": sender, "to": call.to, "data": "0x" + call.data.hex()}
     try:
-        gas = parse_quantity(await chain.request("eth_estimateGas", [request]))
+        gas = await quantity("eth_estimateGas", [request])
     except UpstreamRejected as exc:
         raise UpstreamRejected(f"{call.description} would revert when sent from {sender}: {exc.message}") from None
     raw = await signed_transaction(owner, call, nonce=nonce, tip=tip, max_fee=2 * base_fee + tip, gas=gas * 6 // 5)
@@ -226,7 +232,9 @@ async def send_transaction(chain: ChainClient, owner: Signer, call: ContractCall
         if time.monotonic() > deadline:
             raise ChainUnavailable(f"{call.description}: transaction {tx_hash} was not mined in {timeout_s:.0f} s")
         await asyncio.sleep(0.2)
-    if parse_quantity(receipt["status"]) != 1:
+    status = chain.parsed("eth_getTransactionReceipt", receipt.get("status") if isinstance(receipt, dict) else None,
+                          parse_quantity)  # fmt: skip
+    if status != 1:
         raise UpstreamRejected(f"{call.description}: transaction {tx_hash} reverted")
     return tx_hash
 

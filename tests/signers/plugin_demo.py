@@ -1,13 +1,18 @@
-"""A signer plugin as a third party would ship it, outside aNode.
+"""A signer plugin as a third party would ship it, outside aNode, in both forms an entry point takes.
 
-Its distribution declares the entry point ``[anode.signers] plugin_demo = tests.signers.plugin_demo``;
-aNode finds it by the ``type`` in ``signer: {type: plugin_demo, …}``. A plugin module needs only
-what a built-in backend has: a ``Settings`` model (a ``SignerSettingsBase``, secrets as
-``SecretStr``) and ``build(settings)`` returning an object with the ``Signer`` protocol. This one
-keeps a key in memory and signs with coincurve, touching no aNode signer code.
+- A module: ``[anode.signers] plugin_demo = tests.signers.plugin_demo``. It needs only what a
+  built-in backend has: a ``Settings`` model (a ``SignerSettingsBase``, secrets as ``SecretStr``)
+  and ``build(settings)`` returning an object with the ``Signer`` protocol.
+- A class: ``plugin_class = tests.signers.plugin_demo:ClassDemoSigner``, with a ``Settings``
+  attribute; aNode calls ``ClassDemoSigner(settings)``.
+
+A config picks either with ``signer: {type: custom, plugin: <entry point name>, …}`` or by its name
+as the ``type``. Both keep a key in memory and sign with coincurve, touching no aNode signer code.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from coincurve import PrivateKey
 from eth_utils.address import to_checksum_address
@@ -49,3 +54,19 @@ class DemoSigner:
 
 def build(settings: Settings) -> DemoSigner:
     return DemoSigner(bytes.fromhex(settings.secret_key.get_secret_value().removeprefix("0x")), settings.label)
+
+
+DemoSettings = Settings
+
+
+class ClassDemoSigner(DemoSigner):
+    """The class form: the entry point names this class, which carries its ``Settings``."""
+
+    backend = "plugin_class_demo"
+    Settings: ClassVar[type[DemoSettings]] = DemoSettings
+
+    def __init__(self, settings: DemoSettings) -> None:
+        super().__init__(bytes.fromhex(settings.secret_key.get_secret_value().removeprefix("0x")), settings.label)
+
+    def __repr__(self) -> str:
+        return f"ClassDemoSigner(label={self._label}, address={self._address})"

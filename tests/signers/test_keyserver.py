@@ -31,8 +31,9 @@ from anode.devchain.anvil import Anvil
 from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc, encode_call
 from anode.errors import ConfigError, SignerUnavailable
+from anode.keyserver.audit import head_path, verify_audit
 from anode.keyserver.cli import main as keyserver_main
-from anode.keyserver.store import verify_audit
+from anode.keyserver.config import load_keyserver_settings
 from anode.signers.manager import PROBE_DIGEST
 from anode.signers.registry import build_signer, signer_settings
 from anode.signers.remote import RemoteSigner
@@ -173,18 +174,28 @@ async def test_every_signature_is_audited_in_a_hash_chain(keyserver: KeyserverPr
     assert TOKEN not in log.read_text() and PAYMASTER_KEY[2:] not in log.read_text()
     assert verify_audit(log) == len(lines)
 
-    middle = len(lines) // 2
+    head = head_path(log).read_bytes()  # the key server's head file: count, length, last line's hash
+    middle, last = len(lines) // 2, len(lines) - 1
     changed = lines.copy()
     changed[middle] = changed[middle].replace('"caller":"anode-main"', '"caller":"someone-else"')
     removed = lines[:middle] + lines[middle + 1 :]
     reordered = lines.copy()
     reordered[middle], reordered[middle + 1] = reordered[middle + 1], reordered[middle]
-    # a changed record breaks the link to the next line; a removed or moved one, its own
-    cases = (("changed", changed, middle + 2), ("removed", removed, middle + 1), ("reordered", reordered, middle + 1))
-    for name, tampered, broken in cases:
+    last_changed = [*lines[:last], lines[last].replace('"caller":"anode-main"', '"caller":"someone-else"')]
+    # a changed record breaks the link to the next line; a removed or moved one, its own; the last
+    # record has no next line: the head file is what it is checked against
+    cases = (
+        ("changed", changed, f"line {middle + 2}: the chain is broken"),
+        ("removed", removed, f"line {middle + 1}: the chain is broken"),
+        ("reordered", reordered, f"line {middle + 1}: the chain is broken"),
+        ("last-changed", last_changed, f"line {last + 1}: record {last + 1}, the last one the head file names"),
+        ("last-removed", lines[:last], "records were removed from the end"),
+    )
+    for name, tampered, problem in cases:
         copy = tmp_path / f"{name}.jsonl"
         copy.write_text("\n".join(tampered) + "\n")
-        with pytest.raises(ValueError, match=f"line {broken}: the chain is broken"):
+        head_path(copy).write_bytes(head)
+        with pytest.raises(ValueError, match=problem):
             verify_audit(copy)
         assert keyserver_main(["verify-audit", "--log", str(copy)]) == 2
     assert keyserver_main(["verify-audit", "--log", str(log)]) == 0
@@ -231,6 +242,25 @@ def test_an_invalid_config_names_the_problem(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "tokens.0: give exactly one of token and token_sha256" in err
     assert "secret-abc" not in err
+
+
+def test_a_yaml_error_on_a_key_line_gives_its_position_not_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PyYAML's message quotes the offending line; the key server says where and what, never the key."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "keys:\n"
+        "  - id: paymaster\n"
+        f"    signer: {{type: local, private_key: {PAYMASTER_KEY}: oops}}\n"
+        "    allowed_callers: [anode-main]\n"
+    )
+    with pytest.raises(ConfigError, match=r"not valid YAML: .* at line 3, column \d+") as caught:
+        load_keyserver_settings(config)
+    assert PAYMASTER_KEY[2:10] not in caught.value.message and "private_key" not in caught.value.message
+    assert keyserver_main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "line 3, column" in err and PAYMASTER_KEY[2:10] not in err
 
 
 def test_a_token_revoked_while_anode_runs_makes_it_report_signer_unavailable(

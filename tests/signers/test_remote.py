@@ -41,7 +41,6 @@ from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc, encode_call
 from anode.errors import ConfigError, SignerUnavailable
 from anode.paymasters.base import eip191_digest
-from anode.signers import base as signers_base
 from anode.signers import cloudflare_secrets, remote
 from anode.signers.base import SECP256K1_N
 from anode.signers.registry import build_signer, signer_settings
@@ -154,10 +153,6 @@ async def test_a_web3signer_key_signs_a_sponsored_operation_on_chain(
     assert outcome.events[0].paymaster == paymaster
 
 
-@pytest.mark.skipif(
-    not hasattr(signers_base, "sign_eip191"),
-    reason="the sponsorship pipeline does not sign through sign_eip191 yet (anode.signers.base.sign_eip191)",
-)
 def test_anode_serve_sponsors_through_web3signer(
     keyserver: KeyserverProcess, anvil: Anvil, deployment: Deployment
 ) -> None:
@@ -330,6 +325,39 @@ async def test_sign_eip191_in_anode_mode_signs_the_eip191_digest(fake_keyserver:
     message_hash = os.urandom(32)
     signed = await signer.sign_eip191(message_hash)
     assert signed.signature == bytes(Account.sign_message(encode_defunct(primitive=message_hash), KEY).signature)
+
+
+async def test_a_key_server_with_only_the_protocols_two_routes_is_enough() -> None:
+    """``POST /sign`` and ``POST /health`` (the design's protocol), nothing of aNode's own extras:
+    start-up finds the key's address in the health listing, and signatures go through."""
+    sign = signing()
+    seen: list[str] = []
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        seen.append(f"{request.method} {request.path}")
+        if request.method == "POST" and request.path == "/health":
+            keys = [{"key_id": "other", "address": "0x" + "11" * 20}, {"key_id": "pm", "address": ADDRESS}]
+            return web.json_response({"status": "ok", "keys": keys})
+        if request.method == "POST" and request.path == "/base-secret-1/sign":
+            return await sign(request)
+        return web.json_response({"error": {"message": "no such route"}}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", route)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        found = await asyncio.to_thread(
+            build_signer, signer_settings({"type": "remote", "url": base, "token": TOKEN, "key_id": "pm"})
+        )
+        assert found.address == ADDRESS and seen == ["POST /health"]
+        await found.aclose()
+        missing = {"type": "remote", "url": base, "token": TOKEN, "key_id": "gone"}
+        with pytest.raises(ConfigError, match=r"no key 'gone'.*check signer.key_id"):
+            await asyncio.to_thread(build_signer, signer_settings(missing))
+    finally:
+        await server.close()
 
 
 async def test_concurrent_signatures_share_the_connection_pool(keyserver: KeyserverProcess) -> None:

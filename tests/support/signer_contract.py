@@ -11,7 +11,8 @@ In the manner of web3.py's ``EthModuleTest``: ``tests/signers/test_<backend>.py`
 
 The suite checks the ``Signer`` protocol: a stable checksummed address; signatures over random
 digests that recover (through two independent implementations) to that address, with low ``s``
-and ``v`` in {27, 28}; fifty concurrent signatures; no secret in reprs or logs. And it proves the
+and ``v`` in {27, 28}; fifty concurrent signatures; no secret in reprs, errors or logs (DEBUG,
+with the backend failing behind the signer manager, and records required). And it proves the
 backend on chain: its address is added as a signer of the sandbox's SingletonPaymaster V7 (by the
 owner, through Pimlico's ``MultiSigner.addSigner``), ``anode serve`` runs with the backend as its
 ``signer:``, and a counterfactual SimpleAccount operation it sponsors is executed by the real
@@ -39,12 +40,26 @@ from anode.devchain.anvil import Anvil
 from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc, encode_call
 from anode.signers.base import SECP256K1_N, SignedDigest, Signer
+from anode.signers.manager import ManagedSigner
+from anode.signers.manager_settings import BackendEntry, ManagerSettings, RetrySettings
 from anode.signers.registry import build_signer, signer_settings
 from tests.support.onchain import call_contract, user_op_type
 from tests.support.server import running_server
 from tests.support.wallet import Client, server_config
 
 VERSION = "v0.7"
+
+
+def _error_texts(error: BaseException) -> list[str]:
+    """``str`` and ``repr`` of an error and of everything it was raised from."""
+    texts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts += [str(current), repr(current), str(getattr(current, "message", ""))]
+        current = current.__cause__ or current.__context__
+    return texts
 
 
 def assert_valid(signed: SignedDigest, digest: bytes, address: str) -> None:
@@ -103,19 +118,51 @@ class SignerContract:
     async def test_no_secret_in_reprs_or_logs(
         self, signer_config: dict[str, Any], signer_secrets: list[str], in_env: None, caplog: pytest.LogCaptureFixture
     ) -> None:
+        """Build, sign and fail, with every logger at DEBUG; then grep everything that was printed.
+
+        A backend that signs in process logs nothing of its own, so the test also drives it through
+        the signer manager, with a second instance of the backend as the backup: a failure of the
+        primary is logged there (at DEBUG, with the backend's own error message) and raised as
+        ``SignerUnavailable`` — the places an error text carrying a key, PIN or token would leak.
+        The test insists that records were captured, and greps the ``str``/``repr`` of every error
+        raised, causes included.
+        """
         assert signer_secrets, "the subclass must name the secrets to look for"
         caplog.set_level(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger="anode")
         settings = signer_settings(signer_config)
         signer = build_signer(settings)
+        manager: ManagedSigner | None = None
+        errors: list[BaseException] = []
         try:
+            manager = ManagedSigner.from_settings(
+                ManagerSettings(
+                    primary=BackendEntry(signer=signer_settings(signer_config)),
+                    backups=[BackendEntry(signer=signer_settings(signer_config))],  # the same key, built again
+                    retry=RetrySettings(attempts=1, backoff_ms=0),
+                    health_interval_s=0,
+                )
+            )
             await signer.unsafe_sign_hash(keccak(b"anything"))
+            await manager.start()
+            await manager.unsafe_sign_hash(keccak(b"through the manager"))
+            for sign in (signer.unsafe_sign_hash, manager.unsafe_sign_hash):
+                with pytest.raises(Exception) as caught:
+                    await sign(b"\x42" * 31)  # not a 32-byte digest: every backend refuses it
+                errors.append(caught.value)
             texts = [repr(signer), str(signer), f"{signer!r}", repr(settings), str(settings), f"{settings}"]
-            texts += [settings.model_dump_json(), caplog.text]
+            texts += [settings.model_dump_json(), repr(manager), str(manager.health())]
+            texts += [text for error in errors for text in _error_texts(error)]
+            assert any(record.name.startswith("anode") for record in caplog.records), "nothing was logged"
+            assert "; trying backup1:" in caplog.text, "the backend's failure was not logged"
+            texts += [caplog.text, *(record.getMessage() for record in caplog.records)]
             for text in texts:
                 for secret in signer_secrets:
                     assert secret not in text
             assert signer.address in repr(signer), "a signer's repr should name its address"
         finally:
+            if manager is not None:
+                await manager.aclose()
             await signer.aclose()
 
     async def test_a_sponsored_operation_succeeds_on_chain(

@@ -117,6 +117,9 @@ def test_environment_alone_is_a_complete_configuration() -> None:
         "ANODE_CHAINS__0__PAYMASTERS__0__ADDRESS": PAYMASTER,
         "ANODE_CHAINS__0__PAYMASTERS__0__CONTRACT": "verifying",
         "ANODE_CONFIG": "/this/is/the/path/variable/not/a/setting",
+        # the test suite's own variables reach servers it starts: they are not settings
+        "ANODE_TEST_REQUIRE_ALL": "1",
+        "ANODE_TEST_REDIS_URL": "redis://127.0.0.1:6379/15",
     }
     settings = load_settings(None, environ=env)
     assert settings.chains[0].chain_id == 1
@@ -150,6 +153,54 @@ def test_yaml_that_is_not_a_mapping_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        # a colon inside an unquoted key value: "mapping values are not allowed here"
+        (f"environment: development\nsigner:\n  private_key: {PRIVATE_KEY}: oops\n", "line 3, column"),
+        # an unclosed quote: the problem is at the end, the quote opened on the key's line
+        (f'signer:\n  private_key: "{PRIVATE_KEY}\nchains: []\n', "from line 2, column 16"),
+        # the key written as a tag: PyYAML names the tag in its problem text
+        (f"signer:\n  private_key: !{PRIVATE_KEY[2:]} 1\n", "line 2, column 16"),
+        # a tab before the key
+        (f"signer:\n  private_key:\t{PRIVATE_KEY}\n", "line 2, column 15"),
+    ],
+)
+def test_a_yaml_error_on_a_secret_line_gives_its_position_not_the_secret(tmp_path: Path, text: str, where: str) -> None:
+    """PyYAML quotes the offending line; the message must say where and what, never what is written there."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        load_settings(path, environ={})
+    message = caught.value.message
+    assert where in message
+    assert PRIVATE_KEY[2:10] not in message and "private_key" not in message
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"signer:\n  private_key: \xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 24\)"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    "value", [f"{{private_key: {PRIVATE_KEY}: x}}", f"[{PRIVATE_KEY}", f'{{type: "{PRIVATE_KEY}}}']
+)
+def test_an_env_override_that_is_not_valid_yaml_names_the_variable_not_the_value(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write_yaml(tmp_path, base_tree()), environ={"ANODE_SIGNER": value})
+    message = caught.value.message
+    assert message.startswith("environment variable ANODE_SIGNER starts with")
+    assert "is not valid YAML" in message and "line 1, column" in message
+    assert PRIVATE_KEY[2:10] not in message
+
+
+def test_an_env_override_that_indexes_a_list_by_name_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="environment variable ANODE_CHAINS__MAIN__RPC_URL: 'main' must be a list"):
+        load_settings(write_yaml(tmp_path, base_tree()), environ={"ANODE_CHAINS__MAIN__RPC_URL": "http://x"})
 
 
 # -- validation names the field ---------------------------------------------------------------
