@@ -73,8 +73,13 @@ def alembic_config(engine_url: str) -> Config:
 
 
 def upgrade(engine: sa.Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
+    """Bring the schema to the newest migration (idempotent).
+
+    The migrations have one head (``0006`` merged the branches 0002-0005 once grew from 0001), so
+    this is a plain ``upgrade head``; a database left at those four branch heads by an older aNode
+    reaches it the same way.
+    """
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "heads")
+        command.upgrade(config, "head")

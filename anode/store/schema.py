@@ -1,8 +1,8 @@
 """Every table aNode keeps, gathered on one ``MetaData`` (Alembic's comparison target).
 
 Packages that own tables define them on ``anode.store.tables.metadata`` in their own module and
-are imported here, one line each. Their migrations branch from ``0001`` (``down_revision =
-"0001"``) and the schema is upgraded to all heads.
+are imported here, one line each. Migrations form one line of revisions (``0006`` merged the
+branches 0002-0005 had from ``0001``): a new one names the current head as its ``down_revision``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from anode.policy.tables import policies, policy_usage
 from anode.store.api_keys import api_keys
 from anode.store.audit import audit_head, audit_log
+from anode.store.blacklist import contract_blacklist
 from anode.store.confirmations import confirmations
 from anode.store.tables import metadata, sponsorships
 
@@ -18,6 +19,7 @@ __all__ = [
     "audit_head",
     "audit_log",
     "confirmations",
+    "contract_blacklist",
     "metadata",
     "policies",
     "policy_usage",

@@ -126,7 +126,7 @@ def test_migration_creates_the_schema_on_postgresql(pg_url: str) -> None:
         with engine.connect() as connection:
             applied = set(connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
             heads = set(ScriptDirectory.from_config(alembic_config(str(engine.url))).get_heads())
-            assert applied == heads and "0001" not in heads  # every branch from 0001 is applied
+            assert applied == heads and len(heads) == 1  # one line of history, at its head
     finally:
         engine.dispose()
 

@@ -15,8 +15,8 @@ from anode.chain.cache import MemoryTTLCache
 from anode.chain.client import ChainClient
 from anode.devchain.anvil import Anvil
 from anode.devchain.rpc import DevRpc
-from anode.errors import UpstreamRejected
-from anode.pipeline.security.deployment import ContractInspector, first_code_block
+from anode.errors import ChainUnavailable, UpstreamRejected
+from anode.pipeline.security.deployment import ContractInspector, block_number, code_size, first_code_block
 
 #: init code returning a one-byte runtime (STOP): CODECOPY(0, 12, 1) RETURN(0, 1) ‖ 0x00
 INIT_CODE = bytes.fromhex("6001600c60003960016000f3") + b"\x00"
@@ -120,3 +120,22 @@ async def test_a_node_without_history_leaves_the_age_unknown(anvil: Anvil) -> No
     finally:
         await client.aclose()
     assert facts.has_code and facts.age_blocks is None and not facts.older_than_window
+
+
+class MalformedNode:
+    """A node that answers with results of the wrong shape."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    async def request(self, method: str, params: list[Any]) -> Any:
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", [None, "0xzz", "0x123", 12])
+async def test_a_malformed_node_answer_is_the_chain_unavailable(answer: Any) -> None:
+    with pytest.raises(ChainUnavailable, match="malformed result"):
+        await code_size(MalformedNode(answer), "0x" + "11" * 20)
+    if answer in (None, "0xzz"):  # 12 and "0x123" are quantities (odd length is fine there)
+        with pytest.raises(ChainUnavailable, match="malformed result"):
+            await block_number(MalformedNode(answer))

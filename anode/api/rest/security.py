@@ -1,7 +1,8 @@
 """``POST /api/v1/security/assess``: what the security filter thinks of an operation, without deciding.
 
-It scores with the settings of the configured ``security_filter`` module (its defaults when none
-is enabled) and the server's shared chain cache; it issues no confirmation token and signs nothing.
+It scores with the running ``security_filter`` module (its settings and the blacklist admins
+manage; the module's defaults when none is enabled) and the server's shared chain cache; it
+issues no confirmation token and signs nothing.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from anode.api.auth import CallerKeyId
-from anode.api.rest.schemas import ErrorReply
+from anode.api.rest.schemas import ChainId, ErrorReply
 from anode.chain.cache import make_cache
-from anode.pipeline.modules.security import NAME, Assessor, Config, assessment_json
+from anode.pipeline.modules.security import NAME, Assessor, Config, SecurityFilter, assessment_json
 from anode.pipeline.registry import module_config
 from anode.userop.models import parse_user_op
 
@@ -26,7 +27,7 @@ class AssessBody(BaseModel):
 
     user_operation: dict[str, Any] = Field(alias="userOperation", description="The UserOperation in its RPC form.")
     entry_point: str = Field(alias="entryPoint", description="EntryPoint address (selects the userOp version).")
-    chain_id: int | str | None = Field(None, alias="chainId", description="Chain id (number or hex).")
+    chain_id: ChainId = Field(None, alias="chainId", description='Chain id: an integer or a hex string ("0x7a69").')
 
 
 class RiskFactorReply(BaseModel):
@@ -50,6 +51,11 @@ class AssessReply(BaseModel):
 
 
 def _assessor(app: FastAPI) -> Assessor:
+    """The running security filter's own assessor (settings and the blacklist admins manage), so
+    the answer is the pipeline's; with no filter enabled, one with the module's defaults."""
+    for module in app.state.anode.service.pipeline.checks:
+        if isinstance(module, SecurityFilter):
+            return module.assessor
     assessor: Assessor | None = getattr(app.state, "security_assessor", None)
     if assessor is None:
         anode = app.state.anode

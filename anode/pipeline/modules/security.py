@@ -5,6 +5,7 @@
         block_threshold: 80             # score at or above: refused (ANODE_020_SECURITY_BLOCKED)
         confirm_threshold: 40           # score at or above: the user must confirm (ANODE_021_CONFIRMATION_REQUIRED)
         blacklist_contracts: ["0x…"]    # a call to (or an approval for) one of these scores 100
+        blacklist_refresh_seconds: 2    # how old the copy of the API's blacklist may get (0: read each time)
         verified_contracts: ["0x…"]     # vouched for: no unverified/age/no-code factors, trusted spenders
         recent_deployment_blocks: 7200  # younger contracts count as "recent"
         large_value_wei: "1000000000000000000"
@@ -13,6 +14,13 @@
         weights: {unverified_contract: 10}   # override any factor's weight (docs/security.md)
 
 The decoded calls go to ``ctx.facts["calls"]`` (for the policy engine) whatever the verdict.
+
+Blacklist: an address is blacklisted when it is in ``blacklist_contracts`` or in the table admins
+manage through ``/api/v1/security/blacklist`` (``anode/store/blacklist.py``; an entry for one chain
+or for all). The table is read through a snapshot at most ``blacklist_refresh_seconds`` old,
+reloaded in the background, so a request does no query; an entry added through this server counts
+at its next request, one added through another server within that interval. A table that cannot be
+read refuses the operation (``ANODE_STORE_UNAVAILABLE``): it might hold the target.
 
 Confirmation: a score in the warning band answers a warning carrying a fresh ``confirmationToken``
 — for stubs as well as final calls, so a wallet learns at ``pm_getPaymasterStubData`` time that
@@ -26,6 +34,7 @@ A token never overrides a block, and is ignored (not spent) when no confirmation
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -37,6 +46,7 @@ from anode.pipeline.modules._config import Wei
 from anode.pipeline.security.decode import checksum, decode_call_data
 from anode.pipeline.security.deployment import ContractInspector, NodeReader
 from anode.pipeline.security.score import Assessment, Factor, Rules, assess, targets_to_inspect
+from anode.store.blacklist import SqlBlacklist
 from anode.store.confirmations import ConfirmationStore, Redemption, SqlConfirmationStore
 from anode.userop.codec import parse_address, to_hex
 from anode.userop.hashing import keccak, word
@@ -58,6 +68,7 @@ class Config(BaseModel):
     block_threshold: int = Field(80, ge=1, le=100)
     confirm_threshold: int = Field(40, ge=1, le=100)
     blacklist_contracts: list[str] = Field(default_factory=list)
+    blacklist_refresh_seconds: float = Field(2.0, ge=0, le=300)
     verified_contracts: list[str] = Field(default_factory=list)
     recent_deployment_blocks: int = Field(7_200, ge=0)
     large_value_wei: Wei = 10**18
@@ -121,15 +132,31 @@ def confirmation_digest(op: UserOperation, chain_id: int, entry_point: bytes) ->
 class Assessor:
     """Decode, read the targets from the chain (cached), score: the module's and ``/security/assess``'s core."""
 
-    def __init__(self, config: Config, cache: TTLCache) -> None:
+    def __init__(self, config: Config, cache: TTLCache, blacklist: SqlBlacklist | None = None) -> None:
         self.config = config
         self.rules = config.rules()
+        self.blacklist = blacklist
         self._cache = cache
+        #: per chain: the stored set last merged (compared by identity: one object per snapshot) and the result
+        self._merged: dict[int, tuple[frozenset[str], Rules]] = {}
+
+    async def rules_for(self, chain_id: int) -> Rules:
+        """The settings' rules, with the stored blacklist of ``chain_id`` added to the configured one."""
+        if self.blacklist is None:
+            return self.rules
+        stored = (await self.blacklist.snapshot()).for_chain(chain_id)
+        if not stored:
+            return self.rules
+        merged = self._merged.get(chain_id)
+        if merged is None or merged[0] is not stored:  # a new snapshot: merge once per chain
+            merged = self._merged[chain_id] = (stored, replace(self.rules, blacklist=self.rules.blacklist | stored))
+        return merged[1]
 
     async def assess(self, node: NodeReader, chain_id: int, sender: bytes, call_data: bytes) -> Assessment:
+        rules = await self.rules_for(chain_id)
         decoded = decode_call_data(sender, call_data)
         account = checksum(sender)
-        targets = targets_to_inspect(decoded, account, self.rules)
+        targets = targets_to_inspect(decoded, account, rules)
         inspector = ContractInspector(
             node,
             chain_id,
@@ -143,7 +170,7 @@ class Assessor:
         else:
             facts = await asyncio.gather(*(inspector.inspect(t) for t in inspected))
         skipped = max(0, len(targets) - MAX_INSPECTED_TARGETS)
-        return assess(decoded, account, facts, self.rules, uninspected=skipped)
+        return assess(decoded, account, facts, rules, uninspected=skipped)
 
 
 def assessment_json(assessment: Assessment) -> dict[str, Any]:
@@ -186,10 +213,18 @@ class SecurityFilter:
     name: str = NAME
     stage: Literal["check", "policy"] = "check"
 
-    def __init__(self, config: Config, cache: TTLCache, confirmations: ConfirmationStore) -> None:
+    def __init__(
+        self,
+        config: Config,
+        cache: TTLCache,
+        confirmations: ConfirmationStore,
+        blacklist: SqlBlacklist | None = None,
+    ) -> None:
         self.config = config
-        self.assessor = Assessor(config, cache)
+        self.assessor = Assessor(config, cache, blacklist)
         self.confirmations = confirmations
+        #: the blacklist managed through the API (``None``: the settings file's only)
+        self.blacklist = blacklist
 
     async def run(self, ctx: Context) -> Outcome:
         assessment = await self.assessor.assess(ctx.route.chain, ctx.chain_id, ctx.op.sender, ctx.op.call_data)
@@ -270,4 +305,9 @@ def _token(context: Any) -> str | None:
 
 
 def create(config: Config, deps: Dependencies) -> SecurityFilter:
-    return SecurityFilter(config, deps.cache, SqlConfirmationStore(deps.engine, clock=deps.clock))
+    return SecurityFilter(
+        config,
+        deps.cache,
+        SqlConfirmationStore(deps.engine, clock=deps.clock),
+        SqlBlacklist(deps.engine, refresh_seconds=config.blacklist_refresh_seconds),
+    )
