@@ -4,6 +4,7 @@
                               before it returns, and ``release(reserved)`` takes them back
     decide(op, final=False)   the same checks for stub data, reading counters without reserving
     would_sponsor(op, ids)    pm_validateSponsorshipPolicies: each named policy on its own, nothing reserved
+    open_to_all()             whether no policy exists and the server therefore sponsors everything
     status(id, wallet, …)     usage, remaining and reset time of each limit
 
 With no policy defined at all the engine sponsors everything (``when_no_policies: sponsor``,
@@ -164,8 +165,18 @@ class PolicyEngine:
 
     # -- dry runs and status ----------------------------------------------------------------
 
+    async def open_to_all(self) -> bool:
+        """No policy is defined and ``when_no_policies: sponsor``: ``decide`` sponsors every operation.
+
+        ``would_sponsor`` then finds no policy, while the real call sponsors: a dry run asks this too.
+        """
+        return self._open_when_empty and not await self.repository.snapshot()
+
     async def would_sponsor(self, op: Operation, policy_ids: Sequence[str] | None = None) -> list[Policy]:
-        """The policies (of ``policy_ids``, or all) that would each, on its own, sponsor ``op``."""
+        """The policies (of ``policy_ids``, or all) that would each, on its own, sponsor ``op``.
+
+        With no policy defined this is empty even when the server sponsors everything: see ``open_to_all``.
+        """
         policies = await self.repository.snapshot()
         by_id = {policy.id: policy for policy in policies}
         named = [by_id[pid] for pid in dict.fromkeys(policy_ids or ()) if pid in by_id]

@@ -43,10 +43,13 @@ class OpFacts:
 
     sender: str
     chain_id: int
-    #: the calls the account makes; ``None`` when its callData could not be decoded
+    #: the calls the account makes (``()``: none, e.g. empty callData); ``None`` when its callData could not be decoded
     calls: tuple[Call, ...] | None
     max_fee_per_gas: int
     max_gas_cost: int
+    #: the account's own function: the selector of callData (``"0xb61d27f6"`` for SimpleAccount
+    #: ``execute``); ``None`` when callData is shorter than 4 bytes
+    account_selector: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +219,10 @@ def limit_refusal(charge: Charge, used: int) -> Refusal:
 
 def no_policy_refusal(facts: OpFacts, inactive: list[tuple[Policy, str]]) -> Refusal:
     targets = sorted({call.target for call in facts.calls or ()})
-    calls = f"calling {', '.join(targets)}" if targets else "with no decodable calls"
+    if targets:
+        calls = f"calling {', '.join(targets)}"
+    else:
+        calls = "with callData aNode cannot decode" if facts.calls is None else "making no call"
     message = (
         f"no enabled policy applies to this operation (sender {facts.sender}, chain {facts.chain_id}, {calls}); "
         "an operator must add a project, contract or wallet policy that covers it"
@@ -230,8 +236,25 @@ def no_policy_refusal(facts: OpFacts, inactive: list[tuple[Policy, str]]) -> Ref
 
 
 # -- conditions -------------------------------------------------------------------------------
+#
+# ``sender`` and ``chain_id`` are one value each. ``function``, ``target`` and ``value`` look at the
+# calls the account makes (in a contract policy, only the calls to its contract):
+#
+# - ``in``, ``eq``, ``gt``, ``gte`` demand something of the calls: each call must satisfy them,
+#   and there must be at least one call. Empty callData (deploy only) or an empty batch fails.
+# - ``not_in``, ``neq``, ``lt``, ``lte`` exclude something (a function, a target, value above a
+#   cap): each call must satisfy them, and an operation that makes no call satisfies them.
+# - ``function`` also sees the account's own function, the selector of callData itself (SimpleAccount
+#   ``execute`` 0xb61d27f6, …): ``in``/``eq`` hold when that selector satisfies them *or* the calls
+#   do; ``not_in``/``neq`` must hold for that selector *and* for every call. So ``in [execute]``
+#   allows every ``execute``, ``in [mint]`` allows an ``execute`` of ``mint``, and
+#   ``not_in [transfer]`` refuses an ``execute`` of ``transfer``.
+# - Calls that cannot be decoded fail every call condition, except ``function in``/``eq``
+#   satisfied by the account's own function.
 
 _ATTRIBUTE = {"function": "selector", "target": "target", "value": "value"}
+#: operators that an operation making no call satisfies (they exclude; they demand nothing)
+EXCLUDING = frozenset({"not_in", "neq", "lt", "lte"})
 _PHRASES = {
     "in": "is not one of",
     "not_in": "is one of the excluded",
@@ -263,32 +286,52 @@ def _holds(operator: str, actual: Any, expected: Any) -> bool:
 
 
 def _condition(policy: Policy, condition: Condition, facts: OpFacts) -> Refusal | None:
-    field_name = condition.field
+    field_name, operator = condition.field, condition.operator
     if field_name == "sender":
-        actuals: list[Any] = [facts.sender]
-    elif field_name == "chain_id":
-        actuals = [facts.chain_id]
-    else:
-        if facts.calls is None:
-            return Refusal(
-                CONDITION_FAILED,
-                f"{_named(policy)} requires {field_name} {condition.operator} {_shown(condition)}, but this "
-                "operation's callData is not a call aNode can decode (SimpleAccount execute/executeBatch)",
-                {**_about(policy), "condition": condition.model_dump(mode="json")},
-            )
-        calls = facts.calls
-        if policy.type is PolicyType.CONTRACT:  # a contract policy looks at the calls to its contract
-            calls = tuple(call for call in calls if call.target == policy.target)
-        actuals = [getattr(call, _ATTRIBUTE[field_name]) for call in calls]
+        return _each(policy, condition, [facts.sender])
+    if field_name == "chain_id":
+        return _each(policy, condition, [facts.chain_id])
+    account = facts.account_selector if field_name == "function" else None
+    if account is not None:
+        account_holds = _holds(operator, account, condition.normal)
+        if account_holds and operator not in EXCLUDING:
+            return None  # the account's own function is allowed: whatever it calls
+        if not account_holds and operator in EXCLUDING:
+            return _failed(policy, condition, account)  # the account's own function is excluded
+    if facts.calls is None:
+        return Refusal(
+            CONDITION_FAILED,
+            f"{_named(policy)} requires {field_name} {operator} {_shown(condition)}, but this operation's "
+            "callData is not a call aNode can decode (SimpleAccount execute/executeBatch, ERC-7579 execute)",
+            {**_about(policy), "condition": condition.model_dump(mode="json")},
+        )
+    calls = facts.calls
+    if policy.type is PolicyType.CONTRACT:  # a contract policy looks at the calls to its contract
+        calls = tuple(call for call in calls if call.target == policy.target)
+    if not calls and operator not in EXCLUDING:
+        return Refusal(
+            CONDITION_FAILED,
+            f"{_named(policy)} requires {field_name} {operator} {_shown(condition)}, but this operation makes "
+            "no call (its callData is empty or an empty batch)",
+            {**_about(policy), "condition": condition.model_dump(mode="json"), "actual": None},
+        )
+    return _each(policy, condition, [getattr(call, _ATTRIBUTE[field_name]) for call in calls])
+
+
+def _each(policy: Policy, condition: Condition, actuals: Iterable[Any]) -> Refusal | None:
     for actual in actuals:
         if not _holds(condition.operator, actual, condition.normal):
-            shown = format_wei(actual) if field_name == "value" else str(actual)
-            return Refusal(
-                CONDITION_FAILED,
-                f"{_named(policy)}: {field_name} {shown} {_PHRASES[condition.operator]} {_shown(condition)}",
-                {**_about(policy), "condition": condition.model_dump(mode="json"), "actual": str(actual)},
-            )
+            return _failed(policy, condition, actual)
     return None
+
+
+def _failed(policy: Policy, condition: Condition, actual: Any) -> Refusal:
+    shown = format_wei(actual) if condition.field == "value" else str(actual)
+    return Refusal(
+        CONDITION_FAILED,
+        f"{_named(policy)}: {condition.field} {shown} {_PHRASES[condition.operator]} {_shown(condition)}",
+        {**_about(policy), "condition": condition.model_dump(mode="json"), "actual": str(actual)},
+    )
 
 
 def _shown(condition: Condition) -> str:

@@ -151,7 +151,8 @@ _SET = frozenset({"in", "not_in"})
 
 
 class Condition(_Strict):
-    """``{field, operator, value}``; ``function``, ``target`` and ``value`` hold for every call the op makes."""
+    """``{field, operator, value}``; how ``function``, ``target`` and ``value`` apply to the calls an
+    operation makes (and to one that makes none) is in docs/policies.md, "Conditions"."""
 
     field: ConditionField
     operator: Operator

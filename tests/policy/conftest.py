@@ -2,9 +2,9 @@
 
 PostgreSQL: one fresh database per test session (random name, created through the ``postgres``
 database, migrated, dropped at the end) at ``PGTEST_ADMIN_URL`` (default: trust-auth ``postgres``
-on 127.0.0.1:5432). Redis: ``REDISTEST_URL`` (default ``redis://127.0.0.1:6379/0``), every test
-under its own key prefix, deleted afterwards. Tests that need one of them are skipped, with the
-reason, when it does not answer.
+on 127.0.0.1:5432). Redis: ``ANODE_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``, the
+variable ``tests/checks`` reads too), every test under its own key prefix, deleted afterwards.
+Tests that need one of them are skipped, with the reason, when it does not answer.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from anode.policy.evaluate import OpFacts
 from anode.store.database import create_engine, upgrade
 from tests.support.postgres import fresh_pg_database as support_pg_database
 
-REDIS_URL = os.environ.get("REDISTEST_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("ANODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 SENDER = "0xA1A1a1a1A1A1A1A1A1a1a1a1a1a1A1A1a1A1a1a1"
 OTHER_SENDER = "0xB2B2B2b2B2B2b2B2B2b2B2B2B2b2b2b2b2b2B2b2"
@@ -34,6 +34,8 @@ TOKEN = "0x1111111111111111111111111111111111111111"
 NFT = "0x2222222222222222222222222222222222222222"
 TRANSFER = "0xa9059cbb"
 MINT = "0x40c10f19"
+#: SimpleAccount execute(address,uint256,bytes): the account-level function of the default facts
+EXECUTE_SELECTOR = "0xb61d27f6"
 GWEI = 10**9
 ETH = 10**18
 
@@ -45,8 +47,9 @@ def facts(
     calls: tuple[Call, ...] | None = (Call(TOKEN, 0, TRANSFER),),
     max_fee_per_gas: int = 2 * GWEI,
     max_gas_cost: int = 10**15,
+    account_selector: str | None = EXECUTE_SELECTOR,
 ) -> OpFacts:
-    return OpFacts(sender, chain_id, calls, max_fee_per_gas, max_gas_cost)
+    return OpFacts(sender, chain_id, calls, max_fee_per_gas, max_gas_cost, account_selector)
 
 
 @contextmanager
@@ -86,7 +89,7 @@ def redis_url() -> str:
     try:
         client.ping()
     except redis.RedisError as exc:
-        pytest.skip(f"no Redis server at {REDIS_URL}: {type(exc).__name__}")
+        pytest.skip(f"no Redis server at {REDIS_URL}: {type(exc).__name__}; set ANODE_TEST_REDIS_URL")
     finally:
         client.close()
     return REDIS_URL

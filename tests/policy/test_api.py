@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from eth_abi.abi import encode
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,16 @@ from hypothesis.errors import Unsatisfiable
 from anode.api.app import create_app
 from anode.config import validate_settings
 from anode.wiring import Anode, build
-from tests.integration.test_api_errors import API_KEY, CHAIN_ID, EP07, fuzzed_ops, json_values, settings_tree, user_op
+from tests.integration.test_api_errors import (
+    API_KEY,
+    CHAIN_ID,
+    EP07,
+    INTERNAL,
+    fuzzed_ops,
+    json_values,
+    settings_tree,
+    user_op,
+)
 from tests.policy.conftest import policy
 
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -237,6 +247,132 @@ async def test_validate_sponsorship_policies_is_a_dry_run(admin: httpx.AsyncClie
     assert bad["error"]["code"] == -32602
 
 
+async def test_with_no_policy_the_dry_run_says_the_server_sponsors_by_default(
+    make_anode: Callable[..., Anode],
+) -> None:
+    for when, sponsored in (("sponsor", True), ("refuse", False)):
+        node = make_anode(
+            pipeline={
+                "modules": [
+                    {"name": "policy_engine", "config": {"when_no_policies": when}},
+                    {"name": "paymaster_signer"},
+                ]
+            }
+        )
+        try:
+            async with client_of(node, API_KEY) as client:
+                real = await rpc(client, "pm_getPaymasterData", [user_op(), EP07, hex(CHAIN_ID), {}])
+                assert ("result" in real) is sponsored, real
+                for ids in ([], ["ghost"]):
+                    dry = (await rpc(client, "pm_validateSponsorshipPolicies", [user_op(), EP07, ids]))["result"]
+                    if sponsored:
+                        assert dry == [
+                            {
+                                "sponsorshipPolicyId": "anode:default",
+                                "data": {
+                                    "name": "sponsored by default",
+                                    "author": None,
+                                    "icon": None,
+                                    "description": (
+                                        "no sponsorship policy is defined on this server, and it then sponsors "
+                                        "every operation (policy_engine when_no_policies: sponsor)"
+                                    ),
+                                    "sponsoredByDefault": True,
+                                },
+                            }
+                        ]
+                    else:
+                        assert dry == []
+        finally:
+            await node.aclose()
+            for module in node.service.pipeline.policies:
+                await module.aclose()  # type: ignore[attr-defined]
+
+
+# -- the calls policies see: the same whichever modules run, in the dry run too ---------------
+
+NFT = "0x2222222222222222222222222222222222222222"
+OTHER = "0x3333333333333333333333333333333333333333"
+MINT = bytes.fromhex("40c10f19") + bytes(64)
+TRANSFER = bytes.fromhex("a9059cbb") + bytes(64)
+#: the security filter vouches for both contracts, so it reads nothing from the (absent) chain
+SECURITY = {"name": "security_filter", "config": {"verified_contracts": [NFT, OTHER]}}
+WITH_FILTER = {"modules": [SECURITY, {"name": "policy_engine"}, {"name": "paymaster_signer"}]}
+WITHOUT_FILTER = PIPELINE
+
+
+def erc7579_mint() -> str:
+    """ERC-7579 ``execute(bytes32,bytes)``, single-call mode: NFT.mint(...)."""
+    execution = bytes.fromhex(NFT[2:]) + bytes(32) + MINT
+    return "0x" + (bytes.fromhex("e9ae5c53") + encode(["bytes32", "bytes"], [bytes(32), execution])).hex()
+
+
+def simple_account_execute(target: str, data: bytes) -> str:
+    """SimpleAccount ``execute(address,uint256,bytes)``: selector 0xb61d27f6."""
+    return "0x" + (bytes.fromhex("b61d27f6") + encode(["address", "uint256", "bytes"], [target, 0, data])).hex()
+
+
+async def sponsored_by(client: httpx.AsyncClient, op: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The dry run's answer, and the real call's reply."""
+    dry = await rpc(client, "pm_validateSponsorshipPolicies", [op, EP07, []])
+    real = await rpc(client, "pm_getPaymasterData", [op, EP07, hex(CHAIN_ID), {}])
+    return [entry["sponsorshipPolicyId"] for entry in dry["result"]], real
+
+
+@pytest.mark.parametrize("pipeline", [WITH_FILTER, WITHOUT_FILTER], ids=["security_filter", "no_security_filter"])
+async def test_an_erc7579_op_gets_the_same_answer_from_the_dry_run_and_the_real_call(
+    make_anode: Callable[..., Anode], pipeline: dict[str, Any]
+) -> None:
+    node = make_anode(pipeline=pipeline, policies=[policy(id="nft", type="contract", target=NFT)])
+    try:
+        async with client_of(node, API_KEY) as client:
+            dry, real = await sponsored_by(client, user_op(callData=erc7579_mint()))
+            assert dry == ["nft"] and "result" in real, real
+            # a call to another contract: no policy applies, in either
+            dry, real = await sponsored_by(client, user_op(callData=simple_account_execute(OTHER, TRANSFER)))
+            assert dry == [] and real["error"]["data"]["anodeCode"] == "ANODE_015_NO_POLICY"
+    finally:
+        await node.aclose()
+        for module in node.service.pipeline.policies:
+            await module.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("pipeline", [WITH_FILTER, WITHOUT_FILTER], ids=["security_filter", "no_security_filter"])
+async def test_an_allow_list_refuses_a_deploy_only_op_whichever_modules_run(
+    make_anode: Callable[..., Anode], pipeline: dict[str, Any]
+) -> None:
+    allow = policy(id="allow", conditions=[{"field": "target", "operator": "in", "value": [NFT]}])
+    node = make_anode(pipeline=pipeline, policies=[allow])
+    try:
+        async with client_of(node, API_KEY) as client:
+            dry, real = await sponsored_by(client, user_op(callData="0x"))
+            assert dry == []
+            assert real["error"]["data"]["anodeCode"] == "ANODE_011_POLICY_CONDITION_FAILED"
+            assert "makes no call" in real["error"]["message"]
+            dry, real = await sponsored_by(client, user_op(callData=simple_account_execute(NFT, MINT)))
+            assert dry == ["allow"] and "result" in real, real
+    finally:
+        await node.aclose()
+        for module in node.service.pipeline.policies:
+            await module.aclose()  # type: ignore[attr-defined]
+
+
+async def test_the_issues_example_sponsors_a_simple_account_execute(make_anode: Callable[..., Anode]) -> None:
+    """``{field: function, operator: in, value: ["0xb61d27f6"]}`` with a real SimpleAccount execute callData."""
+    issue = policy(id="issue", conditions=[{"field": "function", "operator": "in", "value": ["0xb61d27f6"]}])
+    node = make_anode(policies=[issue])
+    try:
+        async with client_of(node, API_KEY) as client:
+            dry, real = await sponsored_by(client, user_op(callData=simple_account_execute(NFT, MINT)))
+            assert dry == ["issue"] and "result" in real, real
+            dry, real = await sponsored_by(client, user_op(callData=erc7579_mint()))  # not SimpleAccount execute
+            assert dry == [] and real["error"]["data"]["anodeCode"] == "ANODE_011_POLICY_CONDITION_FAILED"
+    finally:
+        await node.aclose()
+        for module in node.service.pipeline.policies:
+            await module.aclose()  # type: ignore[attr-defined]
+
+
 # -- failing closed, and no engine ------------------------------------------------------------
 
 
@@ -268,7 +404,12 @@ async def test_without_the_engine_the_policies_api_says_so(make_anode: Callable[
             response = await client.get("/api/v1/policies")
             assert response.status_code == 404
             assert response.json()["error"]["code"] == "ANODE_POLICY_ENGINE_DISABLED"
-            assert (await rpc(client, "pm_validateSponsorshipPolicies", [user_op(), EP07, []]))["result"] == []
+            # and its dry run agrees with its real calls: nothing in policies stops it sponsoring
+            dry = await rpc(client, "pm_validateSponsorshipPolicies", [user_op(), EP07, []])
+            assert [(e["sponsorshipPolicyId"], e["data"]["sponsoredByDefault"]) for e in dry["result"]] == [
+                ("anode:default", True)
+            ]
+            assert "result" in await rpc(client, "pm_getPaymasterData", [user_op(), EP07, hex(CHAIN_ID), {}])
     finally:
         await node.aclose()
 
@@ -276,10 +417,40 @@ async def test_without_the_engine_the_policies_api_says_so(make_anode: Callable[
 # -- fuzzing: no input makes a server error ---------------------------------------------------
 
 
+#: callData of every layout the decoder reads, and some it does not
+CALL_DATAS = [
+    "0x",
+    "0xb61d27f6",
+    simple_account_execute(NFT, MINT),
+    simple_account_execute(OTHER, TRANSFER),
+    erc7579_mint(),
+    "0xe9ae5c53" + "00" * 40,
+]
+#: policies that make evaluation look at every field (the fuzz must reach it, not stop at the params)
+FUZZ_POLICIES = [
+    policy(id="seeded", rate_limits=[{"type": "request", "limit": 5, "window": 60}]),
+    policy(
+        id="nft",
+        type="contract",
+        target=NFT,
+        conditions=[{"field": "function", "operator": "in", "value": ["0x40c10f19"]}],
+    ),
+    policy(
+        id="fields",
+        conditions=[
+            {"field": "function", "operator": "not_in", "value": ["0xa9059cbb"]},
+            {"field": "target", "operator": "neq", "value": OTHER},
+            {"field": "value", "operator": "lte", "value": "1 ether"},
+        ],
+    ),
+    policy(id="each", type="wallet", target="*", rate_limits=[{"type": "amount", "limit": "1 ether", "window": 60}]),
+]
+
+
 @pytest.fixture
 def sync_app(make_anode: Callable[..., Anode]) -> Iterator[FastAPI]:
     """The app for synchronous drivers (Hypothesis, schemathesis), which run their own event loops."""
-    node = make_anode(policies=[policy(id="seeded", rate_limits=[{"type": "request", "limit": 5, "window": 60}])])
+    node = make_anode(policies=FUZZ_POLICIES)
     yield app_of(node)
     asyncio.run(node.aclose())
     for module in node.service.pipeline.policies:
@@ -287,17 +458,23 @@ def sync_app(make_anode: Callable[..., Anode]) -> Iterator[FastAPI]:
 
 
 def test_validate_sponsorship_policies_fuzz_never_fails_internally(sync_app: FastAPI) -> None:
+    """Well-formed calls with odd operations (so the engine runs), malformed params, and anything at all."""
+    call_data = st.sampled_from(CALL_DATAS) | st.binary(max_size=200).map(lambda b: "0x" + b.hex())
+    ops = st.builds(
+        lambda base, data: base | {"callData": data}, fuzzed_ops.filter(lambda o: isinstance(o, dict)), call_data
+    )
+    ids = st.lists(st.sampled_from([p["id"] for p in FUZZ_POLICIES] + ["ghost"]), max_size=3)
+    chain = st.sampled_from([hex(CHAIN_ID), CHAIN_ID, None])
+    params = (
+        st.tuples(ops, st.just(EP07), ids, chain)
+        | st.tuples(fuzzed_ops, st.just(EP07) | json_values, ids | json_values, chain | json_values)
+    ).map(list) | json_values
     calls = st.fixed_dictionaries(
         {
             "jsonrpc": st.just("2.0"),
             "id": st.integers(0, 1000),
             "method": st.just("pm_validateSponsorshipPolicies"),
-            "params": st.tuples(
-                fuzzed_ops,
-                st.sampled_from([EP07]) | json_values,
-                st.lists(st.sampled_from(["seeded", "ghost"]) | json_values, max_size=3) | json_values,
-            ).map(list)
-            | json_values,
+            "params": params,
         }
     )
 
@@ -305,14 +482,19 @@ def test_validate_sponsorship_policies_fuzz_never_fails_internally(sync_app: Fas
         async with client_of_app(sync_app, API_KEY) as http:
             return await http.post("/api/v1/rpc", json=payload)
 
+    answered: list[bool] = []
+
     @given(calls)
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def check(payload: dict[str, Any]) -> None:
         reply = asyncio.run(post(payload)).json()
+        answered.append("result" in reply)
         if "error" in reply:
+            assert reply["error"]["message"] != INTERNAL, (payload, reply)
             assert reply["error"]["code"] in (-32602, -32603), reply
 
     check()
+    assert sum(answered) >= 20, "the fuzz must reach the engine, not only the params check"
 
 
 def test_schemathesis_finds_no_server_error_in_the_policies_api(sync_app: FastAPI) -> None:

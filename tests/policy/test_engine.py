@@ -19,12 +19,13 @@ from eth_abi.abi import encode
 from anode.errors import ConfigError
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.base import Context, Verdict
-from anode.pipeline.modules.policy_engine import PolicyEngineModule, operation_from
+from anode.pipeline.modules.policy_engine import PolicyEngineModule, operation_from, operation_of
 from anode.pipeline.routes import Route, build_family
+from anode.pipeline.security.decode import EXECUTE, EXECUTE_7579, decode_call_data
 from anode.pipeline.sponsor import SponsorRequest
-from anode.policy.calls import EXECUTE, Call
+from anode.policy.calls import Call
 from anode.policy.engine import Operation, PolicyEngine
-from anode.policy.evaluate import LIMIT_EXCEEDED, NO_POLICY, OpFacts
+from anode.policy.evaluate import CONDITION_FAILED, LIMIT_EXCEEDED, NO_POLICY, OpFacts
 from anode.policy.limits import MemoryLimiter
 from anode.policy.models import Policy
 from anode.policy.repository import PolicyRepository
@@ -242,21 +243,76 @@ async def test_the_module_reserves_for_final_data_and_leaves_a_compensation(engi
     assert (await module.run(context(final=True, call_data=CALL_TOKEN))).verdict is Verdict.CONTINUE
 
 
-async def test_the_module_uses_the_calls_the_security_filter_decoded(engine: PolicyEngine) -> None:
-    seed(engine, policy(id="nft", type="contract", target=NFT))
+MINT_NFT_7579 = EXECUTE_7579 + encode(
+    ["bytes32", "bytes"], [b"\x00" * 32, bytes.fromhex(NFT[2:]) + (0).to_bytes(32, "big") + bytes.fromhex(MINT[2:])]
+)
+
+
+def as_the_security_filter_leaves_it(ctx: Context) -> Context:
+    """``ctx.facts`` as ``security_filter`` leaves it for the policy stage (its decoded calls)."""
+    ctx.facts["calls"] = list(decode_call_data(ctx.op.sender, ctx.op.call_data).calls)
+    return ctx
+
+
+async def test_an_erc7579_op_gets_the_same_answer_from_the_dry_run_and_the_pipeline(engine: PolicyEngine) -> None:
+    """With or without the security filter in the pipeline, and in ``pm_validateSponsorshipPolicies``."""
+    seed(engine, policy(id="nft", type="contract", target=NFT, rate_limits=[{"type": "request", "limit": 5}]))
     module = PolicyEngineModule(engine)
+    alone = await module.run(context(final=False, call_data=MINT_NFT_7579))
+    filtered = await module.run(as_the_security_filter_leaves_it(context(final=False, call_data=MINT_NFT_7579)))
+    dry = await engine.would_sponsor(operation_from(route(), context(final=False, call_data=MINT_NFT_7579).op, None))
+    assert alone.verdict is Verdict.CONTINUE and alone.data == {"policies": ["nft"]}
+    assert filtered.verdict is Verdict.CONTINUE and filtered.data == {"policies": ["nft"]}
+    assert [p.id for p in dry] == ["nft"]
 
-    class Decoded:  # the security filter's call objects: target, value, selector (and kind)
-        def __init__(self, target: str, selector: str | None, kind: str = "call") -> None:
-            self.target, self.value, self.selector, self.kind = target, 0, selector, kind
 
-    ctx = context(final=False, call_data=b"\x12\x34\x56\x78")
-    ctx.facts["calls"] = [Decoded(NFT.lower(), MINT)]
-    assert (await module.run(ctx)).verdict is Verdict.CONTINUE
-    opaque = context(final=False, call_data=CALL_TOKEN)
-    opaque.facts["calls"] = [Decoded(SENDER, None, kind="opaque")]
-    blocked = await module.run(opaque)
-    assert blocked.verdict is Verdict.BLOCK and blocked.code == NO_POLICY
+async def test_the_calls_do_not_depend_on_which_modules_ran(engine: PolicyEngine) -> None:
+    for call_data in (b"", CALL_TOKEN, MINT_NFT_7579, b"\x12\x34\x56\x78"):
+        alone = operation_of(context(final=False, call_data=call_data)).facts
+        filtered = operation_of(as_the_security_filter_leaves_it(context(final=False, call_data=call_data))).facts
+        dry = operation_from(route(), context(final=False, call_data=call_data).op, None).facts
+        assert alone.calls == filtered.calls == dry.calls
+        assert alone.account_selector == filtered.account_selector == dry.account_selector
+    assert operation_of(context(final=False, call_data=b"")).facts.calls == ()
+    assert operation_of(context(final=False, call_data=b"\x12\x34\x56\x78")).facts.calls is None
+
+
+async def test_a_deploy_only_op_is_refused_by_an_allow_list_with_or_without_the_security_filter(
+    engine: PolicyEngine,
+) -> None:
+    seed(engine, policy(id="allow", conditions=[{"field": "target", "operator": "in", "value": [NFT]}]))
+    module = PolicyEngineModule(engine)
+    for ctx in (
+        context(final=False, call_data=b""),
+        as_the_security_filter_leaves_it(context(final=False, call_data=b"")),
+    ):
+        outcome = await module.run(ctx)
+        assert outcome.verdict is Verdict.BLOCK and outcome.code == CONDITION_FAILED
+        assert "makes no call" in (outcome.message or "")
+
+
+async def test_the_issues_example_sponsors_simple_account_execute_through_the_module(engine: PolicyEngine) -> None:
+    seed(engine, policy(id="issue", conditions=[{"field": "function", "operator": "in", "value": ["0xb61d27f6"]}]))
+    module = PolicyEngineModule(engine)
+    assert CALL_TOKEN[:4] == bytes.fromhex("b61d27f6")
+    assert (await module.run(context(final=True, call_data=CALL_TOKEN))).verdict is Verdict.CONTINUE
+    refused = await module.run(context(final=True, call_data=MINT_NFT_7579))
+    assert refused.verdict is Verdict.BLOCK and refused.code == CONDITION_FAILED
+
+
+async def test_with_no_policy_the_dry_run_can_tell_the_server_sponsors_everything(
+    engine: PolicyEngine, sqlite_engine: sa.Engine
+) -> None:
+    assert await engine.open_to_all()
+    assert await engine.would_sponsor(operation()) == []  # no policy says so: open_to_all does
+    assert (await engine.decide(operation(), final=False)).sponsored
+    closed = PolicyEngine(PolicyRepository(sqlite_engine), MemoryLimiter(), WebhookClient(), open_when_empty=False)
+    try:
+        assert not await closed.open_to_all()
+    finally:
+        await closed.aclose()
+    seed(engine, policy(id="any"))
+    assert not await engine.open_to_all()
 
 
 async def test_the_module_reads_the_named_policy_from_the_request_context(engine: PolicyEngine) -> None:

@@ -1,7 +1,9 @@
 """``policy_engine``: sponsor only what the operator's policies allow, within their limits.
 
-Runs in the ``policy`` stage, after the checks (it reads the calls the security filter decoded,
-``ctx.facts["calls"]``, and decodes SimpleAccount callData itself when that filter is not run).
+Runs in the ``policy`` stage, after the checks. The calls policies see come from
+:func:`calls_of`, the security filter's decoder (SimpleAccount and ERC-7579), whether or not the
+security filter runs, and the dry run (``pm_validateSponsorshipPolicies``) uses the same function:
+the calls, and so the decision, never depend on which modules are configured.
 For final data (``ctx.final``) it reserves every counter before answering ``continue`` and
 appends a compensation to ``ctx.compensations`` that releases them; the service awaits it when
 signing or recording fails. Stub data is checked the same way without reserving anything.
@@ -26,13 +28,13 @@ from anode.paymasters.base import ValidityWindow, dummy_signature
 from anode.pipeline.base import Context, Outcome
 from anode.pipeline.deps import Dependencies
 from anode.pipeline.routes import Route
-from anode.policy.calls import checksum_of, decode_calls, normalise_calls
+from anode.pipeline.security.decode import decode_call_data
+from anode.policy.calls import NO_FUNCTION, Call, checksum_of
 from anode.policy.engine import Operation, PolicyEngine
 from anode.policy.evaluate import OpFacts
 from anode.policy.limits import DEFAULT_REDIS_PREFIX, LimiterKind, build_limiter
 from anode.policy.repository import PolicyRepository
 from anode.policy.webhooks import WebhookClient
-from anode.userop.codec import checksum
 from anode.userop.models import UserOperation
 
 NAME = "policy_engine"
@@ -74,11 +76,35 @@ class PolicyEngineModule:
         await self.engine.aclose()
 
 
+def calls_of(sender: bytes, call_data: bytes) -> tuple[Call, ...] | None:
+    """The calls policies see: ``()`` for empty callData, ``None`` for callData no decoder understands.
+
+    The one decoder for the pipeline and the dry run alike: the security filter's
+    (``decode_call_data``: SimpleAccount execute/executeBatch v0.6/v0.7/v0.8, ERC-7579 single,
+    batch and delegatecall), run here rather than read from ``ctx.facts`` so that the calls are the
+    same whichever modules are configured.
+    """
+    decoded = decode_call_data(sender, call_data)
+    if decoded.opaque:
+        return None
+    return tuple(Call(call.target, call.value, call.selector or NO_FUNCTION) for call in decoded.calls)
+
+
+def account_selector(call_data: bytes) -> str | None:
+    """The account's own function: the selector of callData (``None`` when shorter than 4 bytes)."""
+    return "0x" + call_data[:4].hex() if len(call_data) >= 4 else None
+
+
+def facts_of(op: UserOperation, chain_id: int, max_gas_cost: int) -> OpFacts:
+    """What policies test, the same for the pipeline and the dry run."""
+    calls = calls_of(op.sender, op.call_data)
+    selector = account_selector(op.call_data)
+    return OpFacts(checksum_of(op.sender), chain_id, calls, op.max_fee_per_gas, max_gas_cost, selector)
+
+
 def operation_of(ctx: Context) -> Operation:
     """The operation in the pipeline: ``ctx.op`` already carries the paymaster's gas limits."""
-    found = ctx.facts.get("calls")
-    calls = normalise_calls(found) if found is not None else decode_calls(ctx.op.call_data)
-    facts = OpFacts(checksum_of(ctx.op.sender), ctx.chain_id, calls, ctx.op.max_fee_per_gas, ctx.max_gas_cost)
+    facts = facts_of(ctx.op, ctx.chain_id, ctx.max_gas_cost)
     return Operation(facts, ctx.op, checksum_of(ctx.route.entry_point), ctx.api_key_id)
 
 
@@ -86,13 +112,7 @@ def operation_from(route: Route, op: UserOperation, api_key_id: str | None) -> O
     """An operation outside the pipeline (dry runs): shaped with the paymaster's fields, as the pipeline sees it."""
     family = route.paymaster
     shaped = family.attach(op, family.encode(ValidityWindow(0, 0), dummy_signature()))
-    facts = OpFacts(
-        checksum(shaped.sender),
-        route.chain_id,
-        decode_calls(shaped.call_data),
-        shaped.max_fee_per_gas,
-        shaped.max_gas_cost(),
-    )
+    facts = facts_of(shaped, route.chain_id, shaped.max_gas_cost())
     return Operation(facts, shaped, route.entry_point_hex, api_key_id)
 
 
