@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anode import custody_cli
 from anode.config import Settings, load_settings
-from anode.errors import AnodeError, ConfigError
+from anode.errors import AnodeError, ConfigError, StoreUnavailable
 from anode.keyserver.cli import add_commands as add_keyserver_commands
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from anode.store.api_keys import SqlApiKeys
+    from anode.wiring import Anode
 
 
 def configure_logging(settings: Settings) -> None:
@@ -33,11 +37,13 @@ def serve_settings(
     workers: int | None = None,
     config_path: Path | None = None,
 ) -> None:
-    """Serve ``settings``; with several workers each process builds its own aNode from ``config_path``."""
+    """Serve ``settings``; with several workers each process builds its own aNode from ``config_path``.
+
+    The start-up checks (each node's chain id, each paymaster's ``getHash()``) run before uvicorn
+    listens: a refusal raises its ``AnodeError`` here, which :func:`main` prints as one line.
+    """
     import uvicorn
 
-    from anode.api.app import create_app
-    from anode.store.database import create_engine, upgrade
     from anode.wiring import build
 
     configure_logging(settings)
@@ -51,15 +57,44 @@ def serve_settings(
         "http": "httptools",
     }
     if count == 1:
-        uvicorn.run(create_app(build(settings)), **options)  # type: ignore[arg-type]
+        _serve_one(build(settings), options)
         return
     if config_path is None:
         raise ConfigError("several workers need the configuration in a file: pass --config FILE")
-    engine = create_engine(settings.database_url)
-    upgrade(engine)  # once, before the workers start, so they never race on migrations
-    engine.dispose()
+    # once, before the workers start: the migrations (so they never race on them) and the checks
+    # (so a refusal is one line here, not a traceback from every worker uvicorn restarts)
+    asyncio.run(_check(build(settings)))
     os.environ["ANODE_CONFIG"] = str(config_path.resolve())
     uvicorn.run("anode.api.asgi:app_from_environment", factory=True, workers=count, **options)  # type: ignore[arg-type]
+
+
+async def _check(anode: Anode) -> None:
+    try:
+        await anode.check()
+    finally:
+        await anode.aclose()
+
+
+def _serve_one(anode: Anode, options: dict[str, Any]) -> None:
+    """Start ``anode``, then serve it, in one event loop; a refusal closes everything and raises."""
+    import uvicorn
+
+    from anode.api.app import create_app
+
+    # the app's lifespan finds aNode started, and closes it at shutdown
+    config = uvicorn.Config(create_app(anode), **options)
+    server = uvicorn.Server(config)
+
+    async def start_then_serve() -> None:
+        try:
+            await anode.start()
+        except BaseException:
+            await anode.aclose()
+            raise
+        await server.serve()
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(start_then_serve())
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -85,18 +120,76 @@ def _sandbox(args: argparse.Namespace) -> None:
 
 
 def _ops_list(args: argparse.Namespace) -> None:
-    from anode.store.database import create_engine
     from anode.store.ledger import SqlLedger
 
-    settings = _settings(args)
-    ledger = SqlLedger(create_engine(settings.database_url))
-    since = datetime.fromisoformat(args.since) if args.since else None
-    rows = ledger.find_now(sender=args.sender, since=since, limit=args.limit)
+    engine = _ledger_engine(_settings(args), args.config)
+    try:
+        rows = SqlLedger(engine).find_now(sender=args.sender, since=args.since, until=args.until, limit=args.limit)
+    finally:
+        engine.dispose()
     print(f"{'time':32} {'sender':42} {'nonce':>8} {'max cost (wei)':>22} userOpHash")
     for row in rows:
         cost = row["max_gas_cost_wei"]
         print(f"{row['created_at']:32} {row['sender']:42} {hex(row['nonce']):>8} {cost:>22} {row['user_op_hash']}")
     print(f"{len(rows)} operation(s)")
+
+
+def _ledger_engine(settings: Settings, config: str | None) -> sa.Engine:
+    """An engine on a database that holds the ledger; else a ``ConfigError`` saying to migrate it."""
+    import sqlalchemy as sa
+
+    from anode.store.database import create_engine
+    from anode.store.tables import sponsorships
+
+    upgrade = f"`anode db upgrade{f' --config {config}' if config else ''}`"
+    engine = create_engine(settings.database_url)
+    url = engine.url
+    shown = url.render_as_string(hide_password=True)
+    missing = f"the database {shown} has no sponsorship ledger yet: run {upgrade} (`anode serve` also migrates)"
+    on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    try:
+        if on_file and not Path(str(url.database)).exists():
+            ready = False  # connecting would create an empty file
+        else:
+            ready = sa.inspect(engine).has_table(sponsorships.name)
+    except sa.exc.SQLAlchemyError as exc:
+        engine.dispose()
+        raise StoreUnavailable(f"the database {shown} could not be read ({type(exc).__name__})") from None
+    if not ready:
+        engine.dispose()
+        raise ConfigError(missing)
+    return engine
+
+
+def _address(text: str) -> str:
+    """``--sender``: any case, stored and compared checksummed (as ``GET /api/v1/operations`` does)."""
+    from anode.userop.codec import checksum, parse_address
+
+    try:
+        return checksum(parse_address(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an address ({exc}): {text!r}") from None
+
+
+def _moment(text: str) -> datetime:
+    """``--since``/``--until``: parsed as ``GET /api/v1/operations`` parses them; UTC unless an offset is given."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(datetime).validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO-8601 time such as 2025-01-31T12:00:00Z, 2025-01-31T14:00+02:00 or 2025-01-31 "
+            f"(UTC unless it has an offset), or Unix seconds; got {text!r}"
+        ) from None
+
+
+def _limit(text: str) -> int:
+    """``--limit``: 1 to 1000, as ``GET /api/v1/operations`` allows."""
+    number = int(text) if text.strip().isdigit() else 0
+    if not 1 <= number <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000, got {text!r}")
+    return number
 
 
 def _key_store(args: argparse.Namespace) -> SqlApiKeys:
@@ -169,13 +262,27 @@ def _generate_keystore(settings: object) -> None:
     from anode.signers.keystore import read_password
 
     assert isinstance(settings, KeystoreSettings)
-    if settings.keystore_path.exists():
-        raise ConfigError(f"{settings.keystore_path} exists: refusing to overwrite a key")
+    path = settings.keystore_path
+    refusal = f"{path} exists: refusing to overwrite a key (set signer.keystore_path to a new file)"
+    if path.exists():  # before asking for the password; O_EXCL below is what decides
+        raise ConfigError(refusal)
     account = Account.from_key(secrets.token_bytes(32))
-    document = Account.encrypt(account.key, read_password(settings))
-    settings.keystore_path.write_bytes(orjson.dumps(document))
-    settings.keystore_path.chmod(0o600)
-    print(f"created keystore {settings.keystore_path}: {account.address}")
+    document = orjson.dumps(Account.encrypt(account.key, read_password(settings)))
+    try:
+        # created owner-only (never readable by others, not even for a moment), and only if nothing
+        # is there: not an existing key, nor a symlink pointing elsewhere
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        raise ConfigError(refusal) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(document)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    print(f"created keystore {path}: {account.address}")
 
 
 def _db_upgrade(args: argparse.Namespace) -> None:
@@ -207,9 +314,10 @@ def parser() -> argparse.ArgumentParser:
     ops = commands.add_parser("ops", help="the sponsorship ledger").add_subparsers(dest="ops", required=True)
     ops_list = ops.add_parser("list", help="list recorded sponsorships, newest first")
     ops_list.add_argument("--config")
-    ops_list.add_argument("--sender")
-    ops_list.add_argument("--since", help="ISO-8601 time")
-    ops_list.add_argument("--limit", type=int, default=50)
+    ops_list.add_argument("--sender", type=_address, help="only this account's operations (any letter case)")
+    ops_list.add_argument("--since", type=_moment, help="from this time, inclusive: ISO-8601, UTC unless an offset")
+    ops_list.add_argument("--until", type=_moment, help="before this time, exclusive: ISO-8601, UTC unless an offset")
+    ops_list.add_argument("--limit", type=_limit, default=50, help="at most this many rows, 1-1000 (default 50)")
     ops_list.set_defaults(run=_ops_list)
 
     keys = commands.add_parser("keys", help="API keys and signing keys").add_subparsers(dest="keys", required=True)

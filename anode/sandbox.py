@@ -8,6 +8,7 @@ funds them, writes the matching config to ``.anode/sandbox.yaml`` and serves on 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,4 +95,5 @@ def run_sandbox(workdir: Path, host: str, port: int, anvil_port: int, workers: i
         print(f"  serving on {url}  (JSON-RPC {url}/api/v1/rpc, docs {url}/docs)")
         print("  try:")
         print("    " + example_request(url, deployment.entry_points["v0.7"], deployment.chain_id))
+        sys.stdout.flush()  # piped (`| tee`, a test), the URL must show now, not when the server stops
         serve_settings(validate_settings(tree), host, port, workers=workers, config_path=config_path)

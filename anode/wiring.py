@@ -52,8 +52,33 @@ class Anode:
     signing: bool = True
     metrics: Metrics = field(default_factory=Metrics)
 
+    #: :meth:`start` has completed (starting again does nothing)
+    started: bool = field(default=False, init=False)
+
     async def start(self) -> None:
-        """Check every configured chain against its node: a mismatch refuses to start."""
+        """Check chains and paymasters (:meth:`check`), warn about risky settings, start the signer.
+
+        A failure leaves open what was opened: the caller closes it (:meth:`aclose`). Starting a
+        started aNode does nothing: ``anode serve`` starts it before uvicorn does (so a refusal is
+        one clear line, not a traceback), and the app's lifespan then finds it started.
+        """
+        if self.started:
+            return
+        await self.check()
+        if self.api_keys.open:
+            log.warning(
+                "NO API KEYS CONFIGURED: anyone who can reach this server can spend the paymaster deposit "
+                "(set auth.api_keys)"
+            )
+        await self.signer.start()
+        for name, kind, _ in self.signer.backends:
+            if kind in IN_MEMORY_BACKENDS and self.settings.environment == "production":
+                log.warning("signer %s: a %s key (plain form, in process memory) signs in production", name, kind)
+        log.info("aNode signing as %s (%s)", self.signer.address, self.signer.backend)
+        self.started = True
+
+    async def check(self) -> None:
+        """Every node on its configured chain, every paymaster's ``getHash()`` agreeing: else ``ConfigError``."""
         checked: set[int] = set()
         for route in self.routes:
             if route.chain_id in checked:
@@ -68,16 +93,6 @@ class Anode:
             family = await verified_family(route)
             if family is not route.paymaster:
                 self.routes.replace(replace(route, paymaster=family))
-        if self.api_keys.open:
-            log.warning(
-                "NO API KEYS CONFIGURED: anyone who can reach this server can spend the paymaster deposit "
-                "(set auth.api_keys)"
-            )
-        await self.signer.start()
-        for name, kind, _ in self.signer.backends:
-            if kind in IN_MEMORY_BACKENDS and self.settings.environment == "production":
-                log.warning("signer %s: a %s key (plain form, in process memory) signs in production", name, kind)
-        log.info("aNode signing as %s (%s)", self.signer.address, self.signer.backend)
 
     async def aclose(self) -> None:
         for module in (*self.service.pipeline.checks, *self.service.pipeline.policies):

@@ -1,11 +1,21 @@
 """Every test that uses an ``anvil`` fixture gets the ``chain`` marker, and is skipped (saying
-why) when the npm packages of the local chain are not installed."""
+why) when the npm packages of the local chain are not installed.
+
+A test skips when a real part it needs is missing (PostgreSQL, Redis, SoftHSM2, wrangler, the
+npm contracts). On a machine that has them all, as CI does, set ``ANODE_TEST_REQUIRE_ALL=1``
+(``.ci/run`` does): every skip then fails, so a proof that did not run cannot pass as green.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Generator
 
 import pytest
 
 from anode.devchain.artifacts import node_modules_available
+
+REQUIRE_ALL = os.environ.get("ANODE_TEST_REQUIRE_ALL", "") not in ("", "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -16,3 +26,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.chain)
             if not available:
                 item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and ANODE_TEST_REQUIRE_ALL is set: {reason}"
+    return report

@@ -15,7 +15,18 @@ from anode.api import errors
 from anode.api.jsonrpc.asgi import RPC_PATHS, JsonRpcEndpoint
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.dispatch import dispatch
-from anode.api.rest import health, keys, metrics, operations, paymaster, policies, process, security, validation
+from anode.api.rest import (
+    blacklist,
+    health,
+    keys,
+    metrics,
+    operations,
+    paymaster,
+    policies,
+    process,
+    security,
+    validation,
+)
 from anode.errors import AnodeError, Unauthorized
 from anode.wiring import Anode
 
@@ -45,14 +56,16 @@ _RPC_DOC = {
 def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if manage_lifecycle:
-            await anode.start()
-            # Everything alive now (modules, FastAPI, pydantic schemas, SQLAlchemy metadata) lives as
-            # long as the process: keep it out of the cyclic collector, whose full collections walk
-            # all of it (about 65 ms on a 2-core VM) and stall every request in flight meanwhile.
-            gc.collect()
-            gc.freeze()
         try:
+            if manage_lifecycle:
+                # a refusal closes what start() opened (finally below); `anode serve` has started it
+                # already, so its refusals never get here (anode/cli.py)
+                await anode.start()
+                # Everything alive now (modules, FastAPI, pydantic schemas, SQLAlchemy metadata) lives as
+                # long as the process: keep it out of the cyclic collector, whose full collections walk
+                # all of it (about 65 ms on a 2-core VM) and stall every request in flight meanwhile.
+                gc.collect()
+                gc.freeze()
             yield
         finally:
             if manage_lifecycle:
@@ -90,6 +103,7 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(validation.router)
     app.include_router(security.router)
+    app.include_router(blacklist.router)
     app.include_router(policies.router)
     app.include_router(operations.router)
     app.include_router(health.router)

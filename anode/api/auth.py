@@ -4,8 +4,10 @@ Two kinds: project keys sponsor; admin keys also manage policies, blacklists and
 from the config file (``auth.api_keys`` are project keys, ``auth.admin_keys`` admin keys) and from
 the database (``anode keys create [--admin]``). A key not found in memory is looked up in the
 database (keys made while the server runs work at once); unknown keys are remembered briefly so a
-flood of wrong keys does not become a flood of queries. Digests are compared with
-``hmac.compare_digest``; the id recorded with each sponsorship is a digest prefix.
+flood of wrong keys does not become a flood of queries. A presented key is found by its SHA-256
+digest (a dictionary or an indexed SQL lookup): what an attacker can time is a search for a
+digest they cannot steer, never a comparison with the key itself, so no constant-time compare of
+keys is needed; the id recorded with each sponsorship is a digest prefix.
 """
 
 from __future__ import annotations

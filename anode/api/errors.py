@@ -48,10 +48,28 @@ async def anode_error_handler(_request: Request, exc: Exception) -> Response:
 
 async def validation_error_handler(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    errors = exc.errors()
+    unreadable = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if unreadable is not None:
+        # FastAPI reports the character offset as the error's location ("39: JSON decode error"): no field
+        reason = str((unreadable.get("ctx") or {}).get("error") or "JSON decode error")
+        where = unreadable["loc"][-1] if len(unreadable["loc"]) > 1 else None
+        at = f" at character {where}" if isinstance(where, int) else ""
+        message = (
+            f"request body is not valid JSON ({reason}{at}): send a JSON object with Content-Type: application/json"
+        )
+        return json_response({"error": {"code": "ANODE_INVALID_PARAMS", "message": message}}, 400)
+    whole_body = [e for e in errors if tuple(e["loc"]) == ("body",)]
+    if any(e.get("type") == "missing" for e in whole_body):
+        message = "request body is missing: send a JSON object with Content-Type: application/json"
+        return json_response({"error": {"code": "ANODE_INVALID_PARAMS", "message": message}}, 400)
+    if any(isinstance(e.get("input"), bytes) for e in whole_body):  # not read as JSON: no JSON content type
+        message = "request body is not JSON: send a JSON object with Content-Type: application/json"
+        return json_response({"error": {"code": "ANODE_INVALID_PARAMS", "message": message}}, 400)
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
     message = f"{where}: {str(first['msg']).removeprefix('Value error, ')}"
-    details = {"field": where, "errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]}
+    details = {"field": where, "errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in errors]}
     return json_response({"error": {"code": "ANODE_INVALID_PARAMS", "message": message, "details": details}}, 400)
 
 

@@ -12,20 +12,13 @@ from anode.pipeline.sponsor import SponsorRequest, SponsorshipService, processin
 
 
 async def process(service: SponsorshipService, request: SponsorRequest) -> dict[str, Any]:
-    if not service.signing:
-        report = await service.decide(request)
-        return {"status": "approved", "processing": processing(report)}
     try:
+        if not service.signing:
+            report = await service.decide(request)
+            return {"status": "approved", "processing": processing(report)}
         result = await service.sign_or_estimate(request)
     except ConfirmationRequired as exc:
-        data = dict(exc.data or {})
-        return {
-            "status": "requires_confirmation",
-            "requiresConfirmation": True,
-            "confirmationToken": data.pop("confirmationToken", None),
-            "securityWarning": data.pop("securityWarning", {"message": exc.message}),
-            "processing": data.pop("processing", None),
-        }
+        return _confirmation(exc)
     assert result.report is not None
     return {
         "status": "sponsored",
@@ -33,4 +26,15 @@ async def process(service: SponsorshipService, request: SponsorRequest) -> dict[
         **paymaster_fields(result),
         **signed_extras(result),
         "processing": processing(result.report),
+    }
+
+
+def _confirmation(exc: ConfirmationRequired) -> dict[str, Any]:
+    data = dict(exc.data or {})
+    return {
+        "status": "requires_confirmation",
+        "requiresConfirmation": True,
+        "confirmationToken": data.pop("confirmationToken", None),
+        "securityWarning": data.pop("securityWarning", {"message": exc.message}),
+        "processing": data.pop("processing", None),
     }

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -11,6 +12,8 @@ import orjson
 from anode.errors import ChainUnavailable, ServiceUnavailable, UpstreamRejected
 from anode.outbound import HttpClient, OutboundError
 from anode.userop.codec import parse_bytes, parse_quantity
+
+T = TypeVar("T")
 
 _BALANCE_OF = bytes.fromhex("70a08231")  # balanceOf(address): EntryPoint deposits
 _SENDER_NONCE = bytes.fromhex("9c90b443")  # senderNonce(address): VerifyingPaymaster v0.6
@@ -59,7 +62,19 @@ class JsonRpcClient:
             message = error.get("message", "error") if isinstance(error, dict) else str(error)
             data = error if isinstance(error, dict) else {"error": error}
             raise UpstreamRejected(f"{self.label} refused {method}: {message}", data=data)
-        return payload.get("result")
+        if "result" not in payload:
+            raise self.unavailable(f"{self.label} at {self.display_url} answered {method} without a result")
+        return payload["result"]
+
+    def parsed(self, method: str, result: Any, parse: Callable[[Any], T]) -> T:
+        """``parse(result)``; a result of the wrong shape (null, not hex) is the node's fault: ``unavailable``."""
+        try:
+            return parse(result)
+        except ValueError as exc:
+            reason = "null" if result is None else str(exc)
+            raise self.unavailable(
+                f"{self.label} at {self.display_url} answered {method} with a malformed result ({reason})"
+            ) from None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -69,11 +84,11 @@ class ChainClient(JsonRpcClient):
     """Reads from the chain's node."""
 
     async def chain_id(self) -> int:
-        return parse_quantity(await self.request("eth_chainId", []))
+        return self.parsed("eth_chainId", await self.request("eth_chainId", []), parse_quantity)
 
     async def call(self, to: bytes, data: bytes) -> bytes:
         result = await self.request("eth_call", [{"to": "0x" + to.hex(), "data": "0x" + data.hex()}, "latest"])
-        return parse_bytes(result)
+        return self.parsed("eth_call", result, parse_bytes)
 
     async def _uint_of(self, contract: bytes, selector: bytes, account: bytes) -> int:
         raw = await self.call(contract, selector + b"\x00" * 12 + account)

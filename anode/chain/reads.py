@@ -28,6 +28,7 @@ STAKED_BALANCE_OF = bytes.fromhex("16765391")  # stakedBalanceOf(address)
 LOCKED_BALANCE_OF = bytes.fromhex("59355736")  # lockedBalanceOf(address)
 
 _PAD = b"\x00" * 12
+_ZERO_ADDRESS = b"\x00" * 20
 
 
 async def uint_of_address(chain: ChainClient, contract: bytes, selector: bytes, account: bytes, what: str) -> int:
@@ -50,6 +51,10 @@ async def uint_of_address(chain: ChainClient, contract: bytes, selector: bytes, 
 
 async def erc721_balance_of(chain: ChainClient, contract: bytes, owner: bytes) -> int:
     """How many tokens of the ERC-721 ``contract`` ``owner`` holds."""
+    if owner == _ZERO_ADDRESS:
+        # ERC-721 says balanceOf(0) throws (OpenZeppelin: "address zero is not a valid owner"), and no
+        # token can be minted to it: the answer is known, and a revert here is no node failure (503)
+        return 0
     return await uint_of_address(chain, contract, BALANCE_OF, owner, "ERC-721 balanceOf")
 
 

@@ -53,7 +53,14 @@ class Pipeline:
         if len(self.checks) == 1:
             reports.append(await _timed(self.checks[0], ctx))
         elif self.checks:
-            reports.extend(await asyncio.gather(*(_timed(m, ctx) for m in self.checks)))
+            # every check finishes before a failure propagates: one that already consumed
+            # something (a confirmation token) has registered its compensation by then, so the
+            # undo that follows the failure gives it back
+            results = await asyncio.gather(*(_timed(m, ctx) for m in self.checks), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            reports.extend(result for result in results if isinstance(result, ModuleReport))
         blocked = any(r.status is Verdict.BLOCK for r in reports)
         # a warning not yet confirmed stops here too: nothing is reserved for an operation the user may drop
         pending = any(r.status is Verdict.WARNING for r in reports) and not ctx.confirmed

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from anode.errors import ConfigError
+from anode.errors import ConfigError, UpstreamRejected
 from anode.paymasters.base import PaymasterFamily, ValidityWindow, dummy_signature
+from anode.paymasters.registry import FAMILIES
 from anode.pipeline.routes import Route
 from anode.userop.codec import checksum
 from anode.userop.models import UserOperation, UserOperationV06, UserOperationV07
@@ -36,23 +37,41 @@ def _probe(route: Route) -> UserOperation:
     return UserOperationV06.model_construct(**fields)
 
 
-async def _matches(route: Route, family: PaymasterFamily) -> bool:
+async def _disagreement(route: Route, family: PaymasterFamily) -> str | None:
+    """``None`` when the deployed contract hashes the probe as ``family`` does; else what it did."""
     op = family.attach(_probe(route), family.encode(_PROBE_WINDOW, dummy_signature()))
+    try:
+        onchain = await route.chain.call(family.address, family.get_hash_call(op, _PROBE_WINDOW))
+    except UpstreamRejected as exc:  # another family's contract reverts this family's call: a mismatch
+        return f"its getHash() reverted ({exc.message})"
+    if not onchain:
+        return "its getHash() returned nothing (is a contract deployed at this address on this chain?)"
     sender_nonce = 0
     if family.needs_sender_nonce:
-        sender_nonce = await route.chain.sender_nonce(family.address, op.sender)
-    local = family.digest(op, _PROBE_WINDOW, route.chain_id, sender_nonce)
-    onchain = await route.chain.call(family.address, family.get_hash_call(op, _PROBE_WINDOW))
-    return onchain[:32] == local
+        try:
+            sender_nonce = await route.chain.sender_nonce(family.address, op.sender)
+        except UpstreamRejected as exc:
+            return f"its senderNonce() reverted ({exc.message})"
+    if onchain[:32] != family.digest(op, _PROBE_WINDOW, route.chain_id, sender_nonce):
+        return "its getHash() returned another hash"
+    return None
 
 
 async def verified_family(route: Route) -> PaymasterFamily:
-    """The family variant whose hash the deployed contract agrees with; ``ConfigError`` if none."""
+    """The family variant whose hash the deployed contract agrees with; ``ConfigError`` if none.
+
+    A call the contract reverts counts as a mismatch; a node that cannot be reached raises
+    ``ChainUnavailable``.
+    """
+    first: str | None = None
     for candidate in [route.paymaster, *route.paymaster.alternatives()]:
-        if await _matches(route, candidate):
+        reason = await _disagreement(route, candidate)
+        if reason is None:
             return candidate
+        first = first or reason
+    families = " or ".join(sorted(FAMILIES))
     raise ConfigError(
-        f"paymaster {checksum(route.paymaster.address)} on chain {route.chain_id}: its getHash() does not "
-        f"match aNode's {route.paymaster.name} hash for EntryPoint {route.version.value}; check `contract:` and "
-        "the address (is it the contract you think it is?)"
+        f"paymaster {checksum(route.paymaster.address)} on chain {route.chain_id} does not hash like a "
+        f"`contract: {route.paymaster.name}` paymaster for EntryPoint {route.version.value}: {first}. "
+        f"Check `contract:` for this paymaster ({families}) and its address (is it the contract you think it is?)"
     )

@@ -198,6 +198,11 @@ class SponsorshipService:
                 f"no bundler_url is configured for chain {route.chain_id}: pm_sponsorUserOperation "
                 "estimates gas through a bundler; use pm_getPaymasterStubData/pm_getPaymasterData instead"
             )
+        op.require_fee_fields(request.user_op)  # the estimate gives gas limits only; never sign a fee of 0 by default
+        # the pipeline decides before the bundler is asked (as for a stub: nothing reserved), so
+        # a refused operation costs no bundler call and is refused with its module's code, the
+        # same answer pm_getPaymasterData gives; the final run after the estimate reserves
+        await self._evaluate(route, op, window, request, final=False)
         family = route.paymaster
         stubbed = family.attach(op, family.encode(window, dummy_signature()))
         if not stubbed.signature:

@@ -20,6 +20,8 @@ from anode.userop.codec import Address, HexBytes, Quantity, Uint128
 from anode.userop.versions import EntryPointVersion
 
 _REQUIRED_FOR_SIGNING = ("callGasLimit", "verificationGasLimit", "preVerificationGas", "maxFeePerGas")
+#: a bundler estimates gas limits, never fees: the wallet prices its own operation
+_FEE_FIELDS = ("maxFeePerGas", "maxPriorityFeePerGas")
 _UINT120_MAX = (1 << 120) - 1
 _GAS_FIELDS = (
     ("callGasLimit", "call_gas_limit"),
@@ -64,6 +66,20 @@ class _UserOpBase(BaseModel):
             raise InvalidRequest(
                 f"userOp.{missing[0]} is required to sign paymaster data: estimate gas first "
                 "(pm_getPaymasterStubData gives the paymaster fields to estimate with)",
+                field=f"userOp.{missing[0]}",
+            )
+
+    def require_fee_fields(self, raw: dict[str, Any]) -> None:
+        """Before gas is estimated and signed over: the fees must come from the wallet.
+
+        ``eth_estimateUserOperationGas`` answers gas limits only, so a missing fee would otherwise
+        be signed as 0 (and recorded as a maximum cost of 0 wei).
+        """
+        missing = [name for name in _FEE_FIELDS if name not in raw]
+        if missing:
+            raise InvalidRequest(
+                f"userOp.{missing[0]} is required: the bundler estimates gas limits, not fees; "
+                "price the operation (e.g. from eth_maxPriorityFeePerGas and the base fee) before asking",
                 field=f"userOp.{missing[0]}",
             )
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from anode.errors import ChainUnavailable
 from anode.pipeline.base import Context, Outcome
 from anode.pipeline.deps import Dependencies
 
@@ -24,6 +25,10 @@ class Config(BaseModel):
     wait_for: str | None = None
     release: str | None = None
     reserve: bool = False
+    #: raise ChainUnavailable (a check whose node is down) instead of deciding
+    fail: bool = False
+    #: seconds to take before deciding
+    delay_s: float = 0.0
 
 
 class FakeModule:
@@ -42,6 +47,10 @@ class FakeModule:
                 await asyncio.wait_for(event.wait(), timeout=5)
             except TimeoutError:
                 return Outcome.block("ANODE_999_SEQUENTIAL", f"{self.name} never saw {self.config.wait_for}")
+        if self.config.fail:
+            raise ChainUnavailable(f"{self.name}: the node is down")
+        if self.config.delay_s:
+            await asyncio.sleep(self.config.delay_s)
         if self.config.reserve and ctx.final:
 
             async def undo() -> None:

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from anode.api.app import create_app
 from anode.config import validate_settings
@@ -78,13 +80,46 @@ def module(name: str, **config: Any) -> dict[str, Any]:
     return {"name": name, "config": {"name": name, **config}}
 
 
+class FakeBundler:
+    """A bundler over real HTTP that answers every gas estimate with fixed limits, and counts them."""
+
+    def __init__(self) -> None:
+        self.estimates = 0
+        self.server: TestServer | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        assert body["method"] == "eth_estimateUserOperationGas"
+        self.estimates += 1
+        gas = {"callGasLimit": "0x20000", "verificationGasLimit": "0x30000", "preVerificationGas": "0x6000"}
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": gas})
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/", self.handle)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        return f"http://127.0.0.1:{self.server.port}/"
+
+
 @pytest.fixture
-async def make_client(tmp_path: Path, dead_node: str) -> AsyncIterator[Any]:
+async def bundler() -> AsyncIterator[FakeBundler]:
+    fake = FakeBundler()
+    yield fake
+    if fake.server is not None:
+        await fake.server.close()
+
+
+@pytest.fixture
+async def make_client(tmp_path: Path, dead_node: str, bundler: FakeBundler) -> AsyncIterator[Any]:
     anodes: list[Anode] = []
     clients: list[httpx.AsyncClient] = []
 
-    async def make(modules: list[dict[str, Any]]) -> tuple[httpx.AsyncClient, Anode]:
-        anode = build(validate_settings(tree(tmp_path, dead_node, modules)))
+    async def make(modules: list[dict[str, Any]], *, with_bundler: bool = False) -> tuple[httpx.AsyncClient, Anode]:
+        config = tree(tmp_path, dead_node, modules)
+        if with_bundler:
+            config["chains"][0]["bundler_url"] = await bundler.start()
+        anode = build(validate_settings(config))
         app = create_app(anode, manage_lifecycle=False)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://anode")
         anodes.append(anode)
@@ -221,6 +256,59 @@ async def test_reservations_are_released_when_signing_fails(make_client: Any) ->
     reply = await rpc(client, "pm_getPaymasterData", [OP, EP07, "0x7a69", {}])
     assert reply["error"]["data"]["anodeCode"] == "ANODE_SIGNER_UNAVAILABLE"
     assert fakes.UNDONE == ["policy_a"]
+
+
+async def test_a_failing_check_waits_for_the_others_and_undoes_what_they_took(make_client: Any) -> None:
+    # check_b takes something (a confirmation token, say) after check_a has already failed: its
+    # compensation must still run, or the token stays spent for an operation nobody signed
+    client, _ = await make_client([module("check_a", fail=True), module("check_b", delay_s=0.05, reserve=True), SIGN])
+    reply = await rpc(client, "pm_getPaymasterData", [OP, EP07, "0x7a69", {}])
+    assert "node is down" in reply["error"]["message"]
+    assert fakes.UNDONE == ["check_b"]
+
+
+async def test_signing_disabled_still_answers_a_warning_with_its_confirmation(make_client: Any) -> None:
+    client, _ = await make_client(
+        [module("check_a", verdict="warning"), {"name": "paymaster_signer", "enabled": False}]
+    )
+    body = {"userOperation": OP, "entryPoint": EP07, "chainId": 31337}
+    reply = await client.post(
+        "/api/v1/paymaster/process", json=body, headers={"authorization": f"Bearer {PROJECT_KEY}"}
+    )
+    answer = reply.json()
+    assert reply.status_code == 200, answer
+    assert answer["requiresConfirmation"] is True and answer["confirmationToken"] == "tok-123"
+
+
+UNESTIMATED = {name: value for name, value in OP.items() if not name.endswith(("GasLimit", "VerificationGas"))}
+
+
+async def test_sponsor_user_operation_asks_the_pipeline_before_the_bundler(
+    make_client: Any, bundler: FakeBundler
+) -> None:
+    client, _ = await make_client([module("check_a", verdict="block"), SIGN], with_bundler=True)
+    for method in ("pm_sponsorUserOperation", "anode_sponsorUserOperation"):
+        reply = await rpc(client, method, [UNESTIMATED, EP07])
+        assert reply["error"]["data"]["anodeCode"] == "ANODE_999_FAKE", reply  # as pm_getPaymasterData answers
+    assert bundler.estimates == 0, "a refused operation costs no bundler call"
+
+
+async def test_sponsor_user_operation_checks_first_and_reserves_once_on_the_estimate(
+    make_client: Any, bundler: FakeBundler
+) -> None:
+    client, _ = await make_client(
+        [module("check_a"), module("policy_a", stage="policy", reserve=True), SIGN], with_bundler=True
+    )
+    reply = await rpc(client, "pm_sponsorUserOperation", [UNESTIMATED, EP07])
+    assert reply["result"]["callGasLimit"] == "0x20000", reply
+    assert bundler.estimates == 1
+    assert [(seen["name"], seen["final"]) for seen in fakes.SEEN] == [
+        ("check_a", False), ("policy_a", False), ("check_a", True), ("policy_a", True),
+    ]  # fmt: skip
+    preflight, final = fakes.SEEN[1]["max_gas_cost"], fakes.SEEN[-1]["max_gas_cost"]
+    estimated = (0x20000 + 0x30000 + 0x6000) * 0x3B9ACA00  # on top of the paymaster's own gas limits
+    assert final == preflight + estimated, "the reservation counts the estimated limits"
+    assert fakes.UNDONE == []
 
 
 async def test_admin_endpoints_need_an_admin_key(make_client: Any) -> None:

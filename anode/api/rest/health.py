@@ -1,4 +1,8 @@
-"""``GET /health``: is the node reachable, on the right chain, and are the paymasters funded?"""
+"""``GET /health``: is the node reachable, on the right chain, and are the paymasters funded?
+
+Anything aNode cannot confirm (a node down or on another chain, a deposit it cannot read, a
+signer down) makes the status ``degraded`` and the answer HTTP 503, for load balancers.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +55,8 @@ async def health(request: Request) -> Any:
             status["nodeReachable"] = False
             status["error"] = exc.message
         status["paymasters"] = list(await asyncio.gather(*(_paymaster_health(r) for r in routes)))
+        # a deposit aNode cannot read is one it cannot vouch for: as degraded as an unreachable node
+        healthy = healthy and not any("error" in entry for entry in status["paymasters"])
         chains.append(status)
     signing = anode.signer.health()
     healthy = healthy and signing["status"] != "down"

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from anode.api.jsonrpc.params import json_type
+
+
+def _strict_chain_id(value: Any) -> Any:
+    """A chain id is an integer or a hex string: JSON ``true`` is not chain 1, ``1.0`` is not chain 1."""
+    if value is None or (isinstance(value, int | str) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f'must be a hex string like "0x7a69" or an integer, got {json_type(value)}')
+
+
+#: ``chainId`` of a REST body: an integer or a hex string (checked against the served chains later)
+ChainId = Annotated[int | str | None, BeforeValidator(_strict_chain_id)]
 
 
 class SponsorBody(BaseModel):
@@ -15,7 +28,7 @@ class SponsorBody(BaseModel):
         description="The unsigned UserOperation in its RPC form (v0.7+: unpacked factory/paymaster fields).",
     )
     entry_point: str = Field(alias="entryPoint", description="EntryPoint address.")
-    chain_id: int | str | None = Field(None, alias="chainId", description="Chain id (number or hex).")
+    chain_id: ChainId = Field(None, alias="chainId", description='Chain id: an integer or a hex string ("0x7a69").')
     context: dict[str, Any] | None = Field(None, description="Optional: {validForSeconds}.")
 
 

@@ -7,11 +7,11 @@ from typing import Any
 
 from anode.api import process as flow
 from anode.api.jsonrpc.context import CallContext
-from anode.api.jsonrpc.params import CONTEXT, ENTRY_POINT, USER_OP, Param, bind
+from anode.api.jsonrpc.params import CONTEXT, ENTRY_POINT, OPTIONAL_CHAIN_ID, USER_OP, bind
 from anode.pipeline.sponsor import SponsorRequest
 
 NAME = "anode_processUserOperation"
-PARAMS = (USER_OP, ENTRY_POINT, Param("chainId", required=False, kinds=(str, int)), CONTEXT)
+PARAMS = (USER_OP, ENTRY_POINT, OPTIONAL_CHAIN_ID, CONTEXT)
 
 
 async def handle(params: Any, ctx: CallContext) -> dict[str, Any]:
