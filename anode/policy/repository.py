@@ -28,6 +28,7 @@ from anode.errors import ConfigError, StoreUnavailable
 from anode.policy.errors import PolicyExists, PolicyNotFound
 from anode.policy.models import Policy
 from anode.policy.tables import policies
+from anode.store.snapshot import RefreshedCopy
 
 log = logging.getLogger("anode.policy")
 T = TypeVar("T")
@@ -49,12 +50,7 @@ class PolicyRepository:
         self, engine: sa.Engine, *, refresh_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._engine = engine
-        self._refresh = refresh_seconds
-        self._clock = clock
-        self._snapshot: tuple[Policy, ...] | None = None
-        self._loaded_at = 0.0
-        self._lock = asyncio.Lock()
-        self._reloading: asyncio.Future[None] | None = None
+        self._copy = RefreshedCopy(self._load_snapshot, refresh_seconds=refresh_seconds, what="policies", clock=clock)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="anode-policies")
 
     # -- start-up ---------------------------------------------------------------------------
@@ -77,7 +73,7 @@ class PolicyRepository:
                 pass
             except sa.exc.SQLAlchemyError as exc:
                 raise ConfigError(f"policies could not be seeded into the database ({type(exc).__name__})") from None
-        self._snapshot = None
+        self._copy.invalidate()
         return seeds
 
     def _seed_one(self, policy: Policy) -> None:
@@ -130,38 +126,11 @@ class PolicyRepository:
         return None if document is None else _parse(policy_id, document)
 
     async def snapshot(self) -> tuple[Policy, ...]:
-        """Every policy, at most ``refresh_seconds`` old.
+        """Every policy, at most ``refresh_seconds`` old (``anode/store/snapshot.py``)."""
+        return await self._copy.get()
 
-        Past half that age a copy is reloaded in the background while requests go on with the
-        current one; a request waits for the database only when no copy is young enough (the
-        first request, or after an idle spell).
-        """
-        current = self._snapshot
-        age = self._clock() - self._loaded_at
-        if current is not None and age < self._refresh:
-            if age >= self._refresh / 2 and self._reloading is None:
-                self._reloading = asyncio.ensure_future(self._reload_ahead())
-            return current
-        async with self._lock:
-            if self._snapshot is None or self._clock() - self._loaded_at >= self._refresh:
-                await self._reload()
-            assert self._snapshot is not None
-            return self._snapshot
-
-    async def _reload(self) -> None:
-        started = self._clock()
-        self._snapshot = tuple(await self._run(self._load_all))
-        self._loaded_at = started
-
-    async def _reload_ahead(self) -> None:
-        try:
-            async with self._lock:
-                if self._clock() - self._loaded_at >= self._refresh / 2:
-                    await self._reload()
-        except Exception:  # the next request that finds no young copy reads (and fails) in the open
-            log.debug("reloading the policies ahead of time failed", exc_info=True)
-        finally:
-            self._reloading = None
+    async def _load_snapshot(self) -> tuple[Policy, ...]:
+        return tuple(await self._run(self._load_all))
 
     async def list(self) -> list[Policy]:
         return await self._run(self._load_all)
@@ -204,7 +173,7 @@ class PolicyRepository:
 
         if not await self._run(insert):
             raise PolicyExists(f"a policy with id {policy.id!r} exists: change it with PUT", data={"id": policy.id})
-        self._snapshot = None
+        self._copy.invalidate()
         return policy
 
     async def replace(self, policy: Policy) -> Policy:
@@ -219,7 +188,7 @@ class PolicyRepository:
 
         if not await self._run(update):
             raise PolicyNotFound(f"no policy with id {policy.id!r}", data={"id": policy.id})
-        self._snapshot = None
+        self._copy.invalidate()
         return policy
 
     async def delete(self, policy_id: str) -> None:
@@ -229,7 +198,7 @@ class PolicyRepository:
 
         if not await self._run(remove):
             raise PolicyNotFound(f"no policy with id {policy_id!r}", data={"id": policy_id})
-        self._snapshot = None
+        self._copy.invalidate()
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=True)

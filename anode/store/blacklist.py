@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from anode.errors import StoreUnavailable
 from anode.store.database import write_lock
+from anode.store.snapshot import RefreshedCopy
 from anode.store.tables import metadata
 
 log = logging.getLogger("anode.security")
@@ -104,59 +105,27 @@ class SqlBlacklist:
         self, engine: sa.Engine, *, refresh_seconds: float = 2.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._engine = engine
-        self._refresh = refresh_seconds
-        self._clock = clock
-        self._snapshot: BlacklistSnapshot | None = None
-        self._loaded_at = 0.0
-        self._lock = asyncio.Lock()
-        self._reloading: asyncio.Future[None] | None = None
+        self._copy = RefreshedCopy(
+            self._load_snapshot, refresh_seconds=refresh_seconds, what="the blacklist", clock=clock
+        )
 
     @property
     def refresh_seconds(self) -> float:
-        return self._refresh
+        return self._copy.refresh_seconds
 
     # -- the hot path -----------------------------------------------------------------------
 
     async def snapshot(self) -> BlacklistSnapshot:
-        """Every entry, at most ``refresh_seconds`` old (0: read on every call).
-
-        Past half that age a copy is reloaded in the background while requests go on with the
-        current one; a request waits for the database only when no copy is young enough (the
-        first request, after an idle spell, or after a write through this object).
-        """
-        current = self._snapshot
-        age = self._clock() - self._loaded_at
-        if current is not None and age < self._refresh:
-            if age >= self._refresh / 2 and self._reloading is None:
-                self._reloading = asyncio.ensure_future(self._reload_ahead())
-            return current
-        async with self._lock:
-            if self._snapshot is None or self._clock() - self._loaded_at >= self._refresh:
-                await self._reload()
-            assert self._snapshot is not None
-            return self._snapshot
+        """Every entry, at most ``refresh_seconds`` old (0: read on every call); reloaded in the
+        background past half that age (``anode/store/snapshot.py``)."""
+        return await self._copy.get()
 
     async def refresh(self) -> BlacklistSnapshot:
         """Read the table now (tests; an operator's tooling that must see another server's write)."""
-        async with self._lock:
-            await self._reload()
-            assert self._snapshot is not None
-            return self._snapshot
+        return await self._copy.reload()
 
-    async def _reload(self) -> None:
-        started = self._clock()
-        self._snapshot = BlacklistSnapshot(await self._run(self._load_all))
-        self._loaded_at = started
-
-    async def _reload_ahead(self) -> None:
-        try:
-            async with self._lock:
-                if self._clock() - self._loaded_at >= self._refresh / 2:
-                    await self._reload()
-        except Exception:  # the next request that finds no young copy reads (and fails) in the open
-            log.debug("reloading the blacklist ahead of time failed", exc_info=True)
-        finally:
-            self._reloading = None
+    async def _load_snapshot(self) -> BlacklistSnapshot:
+        return BlacklistSnapshot(await self._run(self._load_all))
 
     # -- management -------------------------------------------------------------------------
 
@@ -169,7 +138,7 @@ class SqlBlacklist:
         """Blacklist ``address`` in a scope: the entry, and whether it is new (else: the one kept)."""
         entry = BlacklistEntry(address.lower(), chain_id, reason, datetime.now(UTC), created_by)
         created, kept = await self._run(self._insert, entry)
-        self._snapshot = None
+        self._copy.invalidate()
         return kept, created
 
     async def remove(self, address: str, chain_id: int | None) -> bool:
@@ -181,7 +150,7 @@ class SqlBlacklist:
                 return connection.execute(contract_blacklist.delete().where(where)).rowcount
 
         removed = await self._run(delete) == 1
-        self._snapshot = None
+        self._copy.invalidate()
         return removed
 
     # -- SQL --------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from anode.pipeline.sponsor import SponsorshipService
 from anode.userop.models import parse_user_op
 from anode.wiring import Anode, build
 from tests.contracts.checks import deploy_check_contracts
+from tests.support.fake_bundler import FakeBundler
 
 CHAIN_ID = 31337
 EP06 = "0x5FF137D4b0FDCD49DcA30c7CF57E578a026d2789"
@@ -468,29 +469,13 @@ async def test_sponsor_user_operation_without_a_bundler_says_so(client: httpx.As
 # -- pm_sponsorUserOperation prices nothing: the wallet's fees are required --------------------
 
 
-class EstimatingBundler:
-    """A bundler over real HTTP that answers every gas estimate with fixed limits (never fees), and counts them."""
-
-    def __init__(self) -> None:
-        self.estimates = 0
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        assert body["method"] == "eth_estimateUserOperationGas"
-        self.estimates += 1
-        gas = {"callGasLimit": "0x20000", "verificationGasLimit": "0x30000", "preVerificationGas": "0x6000"}
-        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": gas})
-
-
 @pytest.fixture
-async def estimating(tmp_path: Path, dead_node: str) -> AsyncIterator[tuple[httpx.AsyncClient, EstimatingBundler]]:
+async def estimating(tmp_path: Path, dead_node: str) -> AsyncIterator[tuple[httpx.AsyncClient, FakeBundler]]:
     """A client of an app whose chain has a bundler (the node is still dead: v0.7 needs none)."""
-    bundler = EstimatingBundler()
-    server = web.Application()
-    server.router.add_post("/", bundler.handle)
-    async with TestServer(server, host="127.0.0.1") as http:
+    bundler = FakeBundler()
+    async with bundler.serving() as bundler_url:
         tree = settings_tree(tmp_path, dead_node)
-        tree["chains"][0]["bundler_url"] = f"http://127.0.0.1:{http.port}/"
+        tree["chains"][0]["bundler_url"] = bundler_url
         node = build(validate_settings(tree))
         transport = httpx.ASGITransport(app=create_app(node, manage_lifecycle=False))
         headers = {"authorization": f"Bearer {API_KEY}"}
@@ -515,7 +500,7 @@ def unpriced(*missing: str) -> dict[str, Any]:
     ],
 )
 async def test_sponsor_user_operation_without_fees_is_refused_naming_the_fee(
-    estimating: tuple[httpx.AsyncClient, EstimatingBundler], method: str, missing: tuple[str, ...], field: str
+    estimating: tuple[httpx.AsyncClient, FakeBundler], method: str, missing: tuple[str, ...], field: str
 ) -> None:
     """The bundler estimates gas limits, not fees: a missing fee would be signed as 0 (and booked as 0 wei)."""
     client, bundler = estimating
@@ -528,7 +513,7 @@ async def test_sponsor_user_operation_without_fees_is_refused_naming_the_fee(
 
 
 async def test_rest_sponsor_to_be_estimated_needs_the_fees_too(
-    estimating: tuple[httpx.AsyncClient, EstimatingBundler],
+    estimating: tuple[httpx.AsyncClient, FakeBundler],
 ) -> None:
     client, bundler = estimating
     body = {"userOperation": unpriced("maxPriorityFeePerGas"), "entryPoint": EP07}
@@ -540,7 +525,7 @@ async def test_rest_sponsor_to_be_estimated_needs_the_fees_too(
 
 
 async def test_sponsor_user_operation_with_fees_signs_over_them_and_books_the_cost(
-    estimating: tuple[httpx.AsyncClient, EstimatingBundler],
+    estimating: tuple[httpx.AsyncClient, FakeBundler],
 ) -> None:
     client, bundler = estimating
     result = await result_of(client, "pm_sponsorUserOperation", [unpriced(), EP07])

@@ -7,6 +7,7 @@ real modules have their own suites. No chain is needed: v0.7 paymaster data need
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -17,8 +18,6 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from anode.api.app import create_app
 from anode.config import validate_settings
@@ -27,6 +26,7 @@ from anode.pipeline import registry
 from anode.signers.base import SignedDigest
 from anode.wiring import Anode, build
 from tests.pipeline import fakes
+from tests.support.fake_bundler import FakeBundler
 
 EP07 = "0x0000000071727De22E5E9d8BAf0edAc6f37da032"
 PM07 = "0x0707070707070707070707070707070707070707"
@@ -80,45 +80,21 @@ def module(name: str, **config: Any) -> dict[str, Any]:
     return {"name": name, "config": {"name": name, **config}}
 
 
-class FakeBundler:
-    """A bundler over real HTTP that answers every gas estimate with fixed limits, and counts them."""
-
-    def __init__(self) -> None:
-        self.estimates = 0
-        self.server: TestServer | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        assert body["method"] == "eth_estimateUserOperationGas"
-        self.estimates += 1
-        gas = {"callGasLimit": "0x20000", "verificationGasLimit": "0x30000", "preVerificationGas": "0x6000"}
-        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": gas})
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/", self.handle)
-        self.server = TestServer(app, host="127.0.0.1")
-        await self.server.start_server()
-        return f"http://127.0.0.1:{self.server.port}/"
-
-
 @pytest.fixture
 async def bundler() -> AsyncIterator[FakeBundler]:
-    fake = FakeBundler()
-    yield fake
-    if fake.server is not None:
-        await fake.server.close()
+    yield FakeBundler()
 
 
 @pytest.fixture
 async def make_client(tmp_path: Path, dead_node: str, bundler: FakeBundler) -> AsyncIterator[Any]:
     anodes: list[Anode] = []
     clients: list[httpx.AsyncClient] = []
+    stack = contextlib.AsyncExitStack()
 
     async def make(modules: list[dict[str, Any]], *, with_bundler: bool = False) -> tuple[httpx.AsyncClient, Anode]:
         config = tree(tmp_path, dead_node, modules)
         if with_bundler:
-            config["chains"][0]["bundler_url"] = await bundler.start()
+            config["chains"][0]["bundler_url"] = await stack.enter_async_context(bundler.serving())
         anode = build(validate_settings(config))
         app = create_app(anode, manage_lifecycle=False)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://anode")
@@ -131,6 +107,7 @@ async def make_client(tmp_path: Path, dead_node: str, bundler: FakeBundler) -> A
         await client.aclose()
     for anode in anodes:
         await anode.aclose()
+    await stack.aclose()
 
 
 async def rpc(client: httpx.AsyncClient, method: str, params: list[Any], key: str = PROJECT_KEY) -> Any:

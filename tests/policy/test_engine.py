@@ -379,8 +379,9 @@ async def test_a_busy_server_reloads_the_policies_ahead_and_never_waits_for_them
 
         reader._run = counted  # type: ignore[method-assign]
         assert await reader.snapshot() == (), "the current copy, without waiting"
-        assert reader._reloading is not None
-        await reader._reloading
+        reloading = reader._copy._reloading
+        assert reloading is not None
+        await reloading
         assert calls == ["_load_all"]
         assert [p.id for p in await reader.snapshot()] == ["ahead"]
         assert calls == ["_load_all"], "reloaded once, in the background"
