@@ -91,13 +91,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def sandbox(keep: bool) -> Iterator[Server]:
+def sandbox(keep: bool, workers: int = 1) -> Iterator[Server]:
     """``anode sandbox`` on free ports in a temporary directory; stopped (and removed) on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="anode-bench-"))
     port, anvil_port = free_port(), free_port()
     log = (workdir / "server.log").open("wb")
     command = [sys.executable, "-m", "anode.cli", "sandbox", "--workdir", str(workdir)]
-    command += ["--port", str(port), "--anvil-port", str(anvil_port)]
+    command += ["--port", str(port), "--anvil-port", str(anvil_port), "--workers", str(workers)]
     # run in the work directory: ``python -m`` would put the current directory ahead of PYTHONPATH
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
     server = Server(f"http://127.0.0.1:{port}/api/v1/rpc", workdir / "sandbox.db", process.pid)
@@ -472,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS), help="connection counts")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (capped at the client count)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (anode serve --workers)")
     parser.add_argument("--url", help="benchmark a running server (its JSON-RPC URL) instead of a fresh sandbox")
     parser.add_argument("--database", type=Path, help="with --url: its SQLite ledger file, for the ledger check")
     parser.add_argument("--server-pid", type=int, help="with --url: the server's pid, for CPU accounting")
@@ -502,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             print("no --database: the ledger check is skipped")
         runs = run_matrix(Server(url, args.database, args.server_pid), args)
     else:
-        with sandbox(args.keep) as server:
+        with sandbox(args.keep, args.workers) as server:
             runs = run_matrix(server, args)
             assert server.database is not None
             rows, distinct = ledger_rows(server.database)
