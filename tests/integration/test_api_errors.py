@@ -1203,3 +1203,22 @@ def test_process_fuzz_with_every_module_never_fails_internally(all_modules_app: 
             assert response.json()["error"]["code"].endswith("_UNAVAILABLE"), (path, body, response.text)
 
     check()
+
+
+async def test_an_exception_escaping_json_rpc_is_a_json_500_with_a_request_id(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON-RPC is answered ahead of FastAPI's error middleware (``AnodeApp``): a bug there still
+    gets the JSON answer that middleware gives, is logged, and keeps its request id."""
+    from anode.api.jsonrpc import asgi
+
+    async def broken(body: bytes, ctx: Any) -> bytes:
+        raise RuntimeError("a bug in dispatch")
+
+    monkeypatch.setattr(asgi, "dispatch", broken)
+    reply = await client.post("/api/v1/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "pm_supportedEntryPoints"})
+    assert reply.status_code == 500
+    assert reply.json() == {"error": {"code": "ANODE_INTERNAL", "message": INTERNAL}}
+    assert len(reply.headers["x-request-id"]) == 16
+    assert "a bug in dispatch" not in reply.text
+    assert any("unexpected error" in record.getMessage() for record in caplog.records)

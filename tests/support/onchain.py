@@ -227,7 +227,11 @@ def handle_ops(
     simulation = {"from": bundler, "to": entry_point, "data": "0x" + data.hex(), "gas": hex(gas)}
     with DevRpc(rpc_url) as rpc:
         try:
-            rpc.call("eth_call", simulation, "latest")
+            # "pending", not "latest": anvil mines only when a transaction comes, so after a quiet
+            # minute the latest block's timestamp is a minute old and a window that starts
+            # (valid_after) a minute before now would look "not due" (AA32) in the simulation
+            # though the transaction's own block would accept it
+            rpc.call("eth_call", simulation, "pending")
         except RpcError as exc:
             if exc.data is None:
                 raise

@@ -1,13 +1,12 @@
-"""``POST /api/v1/rpc`` (and ``POST /``) served as bare ASGI, ahead of FastAPI's router.
+"""``POST /api/v1/rpc`` (and ``POST /``) served as bare ASGI, ahead of FastAPI.
 
-A JSON-RPC call is one body in and one body out; FastAPI's route machinery around it (request
-object, dependency solving, exception and exit-stack layers, response class) costs more per call
-than parsing, validating and stubbing the userOp. This middleware answers those two paths itself;
-every other request passes through. The FastAPI route stays registered, so ``/docs`` still
-describes the endpoint, and is put in ``scope["route"]`` as the router would, for the metrics
-middleware's route label. Add this middleware *before* ``RequestObserver`` so that it runs inside
-it (request ids, latency metrics). An unexpected exception propagates to Starlette's error
-middleware, as it did from the route.
+A JSON-RPC call is one body in and one body out; FastAPI's machinery around it (request object,
+dependency solving, exception and exit-stack layers, response class, and its own per-request
+middleware) costs more per call than parsing, validating and stubbing the userOp.
+``anode.api.app.AnodeApp`` hands those two paths to ``RequestObserver(JsonErrors(JsonRpcEndpoint))``
+before FastAPI sees them. The FastAPI route stays registered, so ``/docs`` still describes the
+endpoint, and is put in ``scope["route"]`` as the router would, for the metrics middleware's
+route label.
 """
 
 from __future__ import annotations
