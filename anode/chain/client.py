@@ -29,6 +29,22 @@ def redacted(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}{port}"
 
 
+def parse_result(
+    method: str,
+    result: Any,
+    parse: Callable[[Any], T],
+    where: str = "the node",
+    unavailable: type[ServiceUnavailable] = ChainUnavailable,
+) -> T:
+    """``parse(result)``, or ``unavailable`` naming ``method``: a result of the wrong shape (null,
+    not hex) is the node's fault, never a bug of aNode's (a 500)."""
+    try:
+        return parse(result)
+    except ValueError as exc:
+        reason = "null" if result is None else str(exc)
+        raise unavailable(f"{where} answered {method} with a malformed result ({reason})") from None
+
+
 class JsonRpcClient:
     """JSON-RPC 2.0 over HTTP with a pooled connection; transport failures become ``unavailable``."""
 
@@ -68,13 +84,7 @@ class JsonRpcClient:
 
     def parsed(self, method: str, result: Any, parse: Callable[[Any], T]) -> T:
         """``parse(result)``; a result of the wrong shape (null, not hex) is the node's fault: ``unavailable``."""
-        try:
-            return parse(result)
-        except ValueError as exc:
-            reason = "null" if result is None else str(exc)
-            raise self.unavailable(
-                f"{self.label} at {self.display_url} answered {method} with a malformed result ({reason})"
-            ) from None
+        return parse_result(method, result, parse, f"{self.label} at {self.display_url}", self.unavailable)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -11,6 +11,7 @@ and gas fields default to empty/zero; ``require_gas_fields`` says what a final s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -61,13 +62,11 @@ class _UserOpBase(BaseModel):
 
     def require_gas_fields(self, raw: dict[str, Any]) -> None:
         """A final paymaster signature covers the gas fields: refuse to sign over guesses."""
-        missing = [name for name in _REQUIRED_FOR_SIGNING if name not in raw]
-        if missing:
-            raise InvalidRequest(
-                f"userOp.{missing[0]} is required to sign paymaster data: estimate gas first "
-                "(pm_getPaymasterStubData gives the paymaster fields to estimate with)",
-                field=f"userOp.{missing[0]}",
-            )
+        _require(
+            raw, _REQUIRED_FOR_SIGNING,
+            "to sign paymaster data: estimate gas first (pm_getPaymasterStubData gives the paymaster "
+            "fields to estimate with)",
+        )  # fmt: skip
 
     def require_fee_fields(self, raw: dict[str, Any]) -> None:
         """Before gas is estimated and signed over: the fees must come from the wallet.
@@ -75,13 +74,17 @@ class _UserOpBase(BaseModel):
         ``eth_estimateUserOperationGas`` answers gas limits only, so a missing fee would otherwise
         be signed as 0 (and recorded as a maximum cost of 0 wei).
         """
-        missing = [name for name in _FEE_FIELDS if name not in raw]
-        if missing:
-            raise InvalidRequest(
-                f"userOp.{missing[0]} is required: the bundler estimates gas limits, not fees; "
-                "price the operation (e.g. from eth_maxPriorityFeePerGas and the base fee) before asking",
-                field=f"userOp.{missing[0]}",
-            )
+        _require(
+            raw, _FEE_FIELDS,
+            "before gas is estimated, because the bundler estimates gas limits, not fees: price the "
+            "operation (e.g. from eth_maxPriorityFeePerGas and the base fee) before asking",
+        )  # fmt: skip
+
+
+def _require(raw: dict[str, Any], names: Iterable[str], why: str) -> None:
+    missing = next((name for name in names if name not in raw), None)
+    if missing is not None:
+        raise InvalidRequest(f"userOp.{missing} is required {why}", field=f"userOp.{missing}")
 
 
 class UserOperationV06(_UserOpBase):

@@ -45,7 +45,7 @@ class NewEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     address: str = Field(description="The contract (or spender) to refuse: 0x followed by 40 hex digits.")
-    chainId: int | str | None = Field(None, description="Only on this chain (integer or hex); null: every chain.")
+    chainId: int | None = Field(None, description="Only on this chain (integer or hex); null: every chain.")
     reason: str | None = Field(None, max_length=MAX_REASON, description="Why (shown to admins, not to wallets).")
 
     @field_validator("chainId", mode="before")
@@ -139,7 +139,7 @@ async def list_entries(request: Request, _admin: AdminKeyId) -> dict[str, Any]:
 @router.post("", status_code=201, responses=_ERRORS, summary="Blacklist a contract")
 async def add_entry(request: Request, response: Response, admin: AdminKeyId, body: NewEntry) -> dict[str, Any]:
     address = contract_address(body.address, "address")
-    chain_id = _chain_id(body.chainId)
+    chain_id = body.chainId  # parsed by its validator
     _, store = _filter(request)
     if chain_id is not None:
         served = sorted({route.chain_id for route in request.app.state.anode.routes})

@@ -14,17 +14,16 @@ never changes, so it is kept for a day; code presence at ``latest`` is kept for 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-from anode.errors import ChainUnavailable, UpstreamRejected
+from anode.chain.client import parse_result
+from anode.errors import UpstreamRejected
 from anode.pipeline.deps import TTLCache
 from anode.userop.codec import parse_bytes, parse_quantity
 
 DEPLOYMENT_TTL = 86_400.0
 BLOCK_NUMBER_TTL = 2.0
-T = TypeVar("T")
 
 
 class NodeReader(Protocol):
@@ -33,21 +32,13 @@ class NodeReader(Protocol):
     async def request(self, method: str, params: list[Any]) -> Any: ...
 
 
-def _parsed(method: str, result: Any, parse: Callable[[Any], T]) -> T:
-    """A result of the wrong shape (null, not hex) is the node's fault, not a bug of aNode's."""
-    try:
-        return parse(result)
-    except ValueError:
-        raise ChainUnavailable(f"the node answered {method} with a malformed result") from None
-
-
 async def code_size(node: NodeReader, address: str, block: int | str = "latest") -> int:
     tag = hex(block) if isinstance(block, int) else block
-    return len(_parsed("eth_getCode", await node.request("eth_getCode", [address, tag]), parse_bytes))
+    return len(parse_result("eth_getCode", await node.request("eth_getCode", [address, tag]), parse_bytes))
 
 
 async def block_number(node: NodeReader) -> int:
-    return _parsed("eth_blockNumber", await node.request("eth_blockNumber", []), parse_quantity)
+    return parse_result("eth_blockNumber", await node.request("eth_blockNumber", []), parse_quantity)
 
 
 async def first_code_block(
