@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from anode.pipeline.security.decode import Decoded, decode_call_data
 from anode.userop.codec import checksum
 
 if TYPE_CHECKING:
@@ -73,6 +74,14 @@ class Context:
     @property
     def sender(self) -> str:
         return checksum(self.op.sender)
+
+    def decoded(self) -> Decoded:
+        """The operation's callData decoded once for every module that reads it (the security
+        filter, the policy engine), with the one decoder (``decode_call_data``)."""
+        found = self.facts.get("decoded")
+        if found is None:
+            found = self.facts["decoded"] = decode_call_data(self.op.sender, self.op.call_data)
+        return found
 
     @property
     def chain_id(self) -> int:

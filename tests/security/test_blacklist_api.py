@@ -13,7 +13,7 @@ effect by dropping its copy, not by waiting) and the store tests a hand-moved cl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from anode.pipeline.modules.security import BLOCKED, Config, SecurityFilter
 from anode.pipeline.security.decode import APPROVE
 from anode.store.blacklist import SqlBlacklist
 from anode.store.confirmations import SqlConfirmationStore
-from anode.store.database import create_engine, upgrade
 from anode.wiring import Anode, build
 from tests.integration.test_api_errors import API_KEY, EP07, dead_node, settings_tree, user_op  # noqa: F401
 from tests.security.test_flow import contracts, erc7677, op, rpc, tree  # noqa: F401
@@ -247,14 +246,6 @@ async def test_without_the_security_filter_the_endpoint_says_how_to_enable_it(
 
 
 # -- the store and the filter -----------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(database_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 class Clock:

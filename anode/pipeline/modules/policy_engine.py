@@ -28,7 +28,7 @@ from anode.paymasters.base import ValidityWindow, dummy_signature
 from anode.pipeline.base import Context, Outcome
 from anode.pipeline.deps import Dependencies
 from anode.pipeline.routes import Route
-from anode.pipeline.security.decode import decode_call_data
+from anode.pipeline.security.decode import Decoded, decode_call_data
 from anode.policy.calls import NO_FUNCTION, Call, checksum_of
 from anode.policy.engine import Operation, PolicyEngine
 from anode.policy.evaluate import OpFacts
@@ -76,15 +76,16 @@ class PolicyEngineModule:
         await self.engine.aclose()
 
 
-def calls_of(sender: bytes, call_data: bytes) -> tuple[Call, ...] | None:
+def calls_of(sender: bytes, call_data: bytes, decoded: Decoded | None = None) -> tuple[Call, ...] | None:
     """The calls policies see: ``()`` for empty callData, ``None`` for callData no decoder understands.
 
     The one decoder for the pipeline and the dry run alike: the security filter's
     (``decode_call_data``: SimpleAccount execute/executeBatch v0.6/v0.7/v0.8, ERC-7579 single,
-    batch and delegatecall), run here rather than read from ``ctx.facts`` so that the calls are the
-    same whichever modules are configured.
+    batch and delegatecall; in the pipeline ``ctx.decoded()``, decoded once whichever modules
+    run), so the calls are the same whichever modules are configured.
     """
-    decoded = decode_call_data(sender, call_data)
+    if decoded is None:
+        decoded = decode_call_data(sender, call_data)
     if decoded.opaque:
         return None
     return tuple(Call(call.target, call.value, call.selector or NO_FUNCTION) for call in decoded.calls)
@@ -95,16 +96,16 @@ def account_selector(call_data: bytes) -> str | None:
     return "0x" + call_data[:4].hex() if len(call_data) >= 4 else None
 
 
-def facts_of(op: UserOperation, chain_id: int, max_gas_cost: int) -> OpFacts:
+def facts_of(op: UserOperation, chain_id: int, max_gas_cost: int, decoded: Decoded | None = None) -> OpFacts:
     """What policies test, the same for the pipeline and the dry run."""
-    calls = calls_of(op.sender, op.call_data)
+    calls = calls_of(op.sender, op.call_data, decoded)
     selector = account_selector(op.call_data)
     return OpFacts(checksum_of(op.sender), chain_id, calls, op.max_fee_per_gas, max_gas_cost, selector)
 
 
 def operation_of(ctx: Context) -> Operation:
     """The operation in the pipeline: ``ctx.op`` already carries the paymaster's gas limits."""
-    facts = facts_of(ctx.op, ctx.chain_id, ctx.max_gas_cost)
+    facts = facts_of(ctx.op, ctx.chain_id, ctx.max_gas_cost, ctx.decoded())
     return Operation(facts, ctx.op, checksum_of(ctx.route.entry_point), ctx.api_key_id)
 
 

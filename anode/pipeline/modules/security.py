@@ -43,7 +43,7 @@ from anode.errors import InvalidRequest
 from anode.pipeline.base import Context, Outcome
 from anode.pipeline.deps import Dependencies, TTLCache
 from anode.pipeline.modules._config import Wei
-from anode.pipeline.security.decode import checksum, decode_call_data
+from anode.pipeline.security.decode import Decoded, checksum, decode_call_data
 from anode.pipeline.security.deployment import ContractInspector, NodeReader
 from anode.pipeline.security.score import Assessment, Factor, Rules, assess, targets_to_inspect
 from anode.store.blacklist import SqlBlacklist
@@ -152,9 +152,12 @@ class Assessor:
             merged = self._merged[chain_id] = (stored, replace(self.rules, blacklist=self.rules.blacklist | stored))
         return merged[1]
 
-    async def assess(self, node: NodeReader, chain_id: int, sender: bytes, call_data: bytes) -> Assessment:
+    async def assess(
+        self, node: NodeReader, chain_id: int, sender: bytes, call_data: bytes, decoded: Decoded | None = None
+    ) -> Assessment:
+        """``decoded``: ``call_data`` already decoded (the pipeline's ``ctx.decoded()``)."""
         rules = await self.rules_for(chain_id)
-        decoded = decode_call_data(sender, call_data)
+        decoded = decoded if decoded is not None else decode_call_data(sender, call_data)
         account = checksum(sender)
         targets = targets_to_inspect(decoded, account, rules)
         inspector = ContractInspector(
@@ -227,7 +230,8 @@ class SecurityFilter:
         self.blacklist = blacklist
 
     async def run(self, ctx: Context) -> Outcome:
-        assessment = await self.assessor.assess(ctx.route.chain, ctx.chain_id, ctx.op.sender, ctx.op.call_data)
+        op = ctx.op
+        assessment = await self.assessor.assess(ctx.route.chain, ctx.chain_id, op.sender, op.call_data, ctx.decoded())
         ctx.facts["calls"] = list(assessment.calls)
         ctx.facts["security"] = assessment
         score = assessment.score
