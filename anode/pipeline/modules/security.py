@@ -13,7 +13,8 @@
         cache_ttl: 300                  # seconds "has code" answers are reused
         weights: {unverified_contract: 10}   # override any factor's weight (docs/security.md)
 
-The decoded calls go to ``ctx.facts["calls"]`` (for the policy engine) whatever the verdict.
+The decoded calls (``ctx.decoded()``, shared with the policy engine) also go to
+``ctx.facts["calls"]`` whatever the verdict.
 
 Blacklist: an address is blacklisted when it is in ``blacklist_contracts`` or in the table admins
 manage through ``/api/v1/security/blacklist`` (``anode/store/blacklist.py``; an entry for one chain
