@@ -44,6 +44,7 @@ def serve_settings(
     """
     import uvicorn
 
+    from anode.api.http import HttpProtocol
     from anode.wiring import build
 
     configure_logging(settings)
@@ -54,7 +55,7 @@ def serve_settings(
         "log_level": settings.log_level.lower(),
         "access_log": False,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HttpProtocol,  # httptools, a response's head and body in one send (anode/api/http.py)
     }
     if count == 1:
         _serve_one(build(settings), options)

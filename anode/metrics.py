@@ -72,6 +72,7 @@ class Metrics:
         self.sponsorships = Counter(
             "anode_sponsorships", "Sponsorship requests, by method and result", ["method", "result"], registry=r
         )
+        self._sponsorship_children: dict[tuple[str, str], Counter] = {}
         self.request_latency = Histogram(
             "anode_http_request_duration_seconds",
             "HTTP request latency, by method, route template and status",
@@ -86,12 +87,19 @@ class Metrics:
         try:
             yield
         except AnodeError as exc:
-            self.sponsorships.labels(method, exc.code).inc()
+            self._sponsorship(method, exc.code).inc()
             raise
         except Exception:
-            self.sponsorships.labels(method, "ANODE_INTERNAL").inc()
+            self._sponsorship(method, "ANODE_INTERNAL").inc()
             raise
-        self.sponsorships.labels(method, "ok").inc()
+        self._sponsorship(method, "ok").inc()
+
+    def _sponsorship(self, method: str, result: str) -> Counter:
+        """The counter child of (method, result), looked up once (``labels`` locks and builds keys)."""
+        child = self._sponsorship_children.get((method, result))
+        if child is None:
+            child = self._sponsorship_children[(method, result)] = self.sponsorships.labels(method, result)
+        return child
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""

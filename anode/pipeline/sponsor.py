@@ -180,7 +180,7 @@ class SponsorshipService:
             )
         ctx, report = await self._evaluate(route, op, window, request, final=True)
         try:
-            sponsored = await self._sign(route, op, window, request)
+            sponsored = await self._sign(route, op, window, request, placeholder=ctx.op)
         except BaseException:
             await _undo(ctx)
             raise
@@ -223,10 +223,19 @@ class SponsorshipService:
         return await self._decide_and_sign(route, op.model_copy(update=update), window, request)
 
     async def _sign(
-        self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest
+        self,
+        route: Route,
+        op: UserOperation,
+        window: ValidityWindow,
+        request: SponsorRequest,
+        *,
+        placeholder: UserOperation | None = None,
     ) -> Sponsored:
+        """``placeholder``: ``op`` with this paymaster's fields and a dummy signature, when the
+        pipeline already shaped it (``Context.op``): the digest covers everything but the signature."""
         family = route.paymaster
-        placeholder = family.attach(op, family.encode(window, dummy_signature()))
+        if placeholder is None:
+            placeholder = family.attach(op, family.encode(window, dummy_signature()))
         sender_nonce = 0
         if family.needs_sender_nonce:
             sender_nonce = await route.chain.sender_nonce(family.address, op.sender)

@@ -53,13 +53,16 @@ from anode.errors import AnodeError, ConfigError, SignerUnavailable
 from anode.metrics import CircuitState, Metrics
 from anode.signers.base import EIP191_PREFIX, SECP256K1_N, SignedDigest, Signer, sign_eip191
 from anode.signers.circuit import CircuitBreaker
+from anode.signers.local import KeystoreSigner, LocalKeySigner
 from anode.signers.manager_settings import BackendEntry, ManagerSettings
+from anode.signers.mnemonic import MnemonicSigner
 from anode.signers.registry import SignerSettingsBase, build_signer
 from anode.userop.codec import checksum, parse_address
 from anode.userop.keccak import keccak
 
 #: backends that sign with coincurve on a key in this process: recovering their signatures proves nothing new
 _SIGNS_IN_PROCESS = frozenset({"local", "keystore", "mnemonic"})
+_OWN_IN_PROCESS = frozenset({LocalKeySigner, KeystoreSigner, MnemonicSigner})
 log = logging.getLogger("anode.signers")
 
 #: how one backend is asked for the signature (a bare digest, or an EIP-191 message hash)
@@ -116,6 +119,9 @@ class _Backend:
         self.address = signer.address
         self.address_bytes = bytes.fromhex(self.address[2:])
         self.type = signer.backend
+        #: one of aNode's own in-process keys (exactly these classes: a subclass, a test double or a
+        #: plugin may await something): signing awaits nothing, so it cannot hang and needs no timer
+        self.in_process = type(signer) in _OWN_IN_PROCESS
         self.healthy: bool | None = None
         self.checked_at: datetime | None = None
         self.last_error: str | None = None
@@ -318,8 +324,11 @@ class ManagedSigner:
                 return None
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(self._timeout):
+                if backend.in_process:  # a key in this process signs without awaiting anything: no timer
                     signed = await sign(backend.signer)
+                else:
+                    async with asyncio.timeout(self._timeout):
+                        signed = await sign(backend.signer)
                 problem = self._problem(backend, signed, digest)
                 kind = "bad_signature" if problem else None
             except TimeoutError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -271,6 +272,28 @@ async def test_a_database_without_the_table_refuses(tmp_path: Path) -> None:
     try:
         with pytest.raises(LimitStoreUnavailable):
             await limiter.reserve([bucket("k", 10)])
+    finally:
+        await limiter.aclose()
+        engine.dispose()
+
+
+async def test_sqlite_refuses_while_the_table_is_gone_and_counts_on_once_it_is_back(tmp_path: Path) -> None:
+    """The limits thread keeps its connection between transactions: a failure closes it, and the
+    next reservation, on a new one, sees the repaired database (nothing lost, nothing doubled)."""
+    path = tmp_path / "repair.db"
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    limiter = SqlLimiter(engine)
+    try:
+        assert await limiter.reserve([bucket("repair", 10, 2)]) is None
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE policy_usage RENAME TO policy_usage_moved")
+        with pytest.raises(LimitStoreUnavailable):
+            await limiter.reserve([bucket("repair", 10, 2)])
+        with sqlite3.connect(path) as db:
+            db.execute("ALTER TABLE policy_usage_moved RENAME TO policy_usage")
+        assert await limiter.reserve([bucket("repair", 10, 2)]) is None
+        assert await limiter.usage([bucket("repair", 10)]) == [4]
     finally:
         await limiter.aclose()
         engine.dispose()
