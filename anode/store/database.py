@@ -94,6 +94,14 @@ def write_lock(engine: sa.Engine) -> contextlib.AbstractContextManager[Any]:
         return lock
 
 
+def invalidate(connection: Any) -> None:
+    """Close a kept pool connection for good (the pool opens a new one next time); ``None`` or
+    a connection the server already dropped is fine."""
+    if connection is not None:
+        with contextlib.suppress(Exception):  # already gone
+            connection.invalidate()
+
+
 def normalise_url(url: str) -> str:
     """Accept ``postgresql://`` URLs and use the psycopg 3 driver for them."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):

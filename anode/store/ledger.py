@@ -11,7 +11,6 @@ a signature is in the ledger and in the audit chain together, or in neither.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ import sqlalchemy as sa
 
 from anode.errors import StoreUnavailable
 from anode.store import audit
-from anode.store.database import write_lock
+from anode.store.database import invalidate, write_lock
 from anode.store.driver import Driver
 from anode.store.group_commit import GroupCommit
 from anode.store.tables import sponsorships
@@ -164,9 +163,7 @@ class SqlLedger:
 
     def _discard(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):  # already gone
-                connection.invalidate()
+        invalidate(connection)
 
     async def find(
         self,

@@ -9,7 +9,6 @@ first, so read, check and write cannot interleave with another writer. ``used`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ import sqlalchemy as sa
 from anode.errors import ConfigError
 from anode.policy.limits.base import PRUNE_EVERY_SECONDS, Bucket, Complaints, Exceeded, check_unique
 from anode.policy.tables import policy_usage
-from anode.store.database import write_lock
+from anode.store.database import invalidate, write_lock
 from anode.store.group_commit import GroupCommit
 
 T = TypeVar("T")
@@ -179,9 +178,7 @@ class SqlLimiter:
 
     def _discard(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):  # already gone
-                connection.invalidate()
+        invalidate(connection)
 
     @staticmethod
     def _sqlite_used(cursor: Any, bucket: Bucket) -> int | None:
