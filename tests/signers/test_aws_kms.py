@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install 'moto[server]')")
 
@@ -33,6 +35,7 @@ from anode.signers.ecdsa import address_of_point, der_to_rs, low_s
 from anode.signers.registry import build_signer, signer_settings
 from tests.signers.moto_kms import KmsServer
 from tests.support.signer_contract import SignerContract, assert_valid
+from tests.unit.test_cli_keys import CHAINS, anode
 
 REGION = "eu-central-1"
 #: dummy credentials (moto accepts any); distinctive so the secret-grep test means something
@@ -204,5 +207,32 @@ async def test_uncorrected_moto_gives_a_signature_that_recovers_to_no_key_and_is
         for recovery_id in (0, 1):
             point = PublicKey.from_signature_and_message(rs + bytes([recovery_id]), digest, hasher=None)
             assert address_of_point(point.format(compressed=False)) != signer.address
+    finally:
+        await signer.aclose()
+
+
+async def test_anode_keys_generate_makes_a_kms_key_and_it_signs(
+    kms: KmsServer, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The real CLI, in a subprocess, as an operator runs it, against the moto KMS server:
+    ``keys generate`` creates the key and its alias, ``keys address`` shows it, a second
+    ``generate`` refuses, and the key signs (through this process's DIGEST-fixed server)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"signer": kms_config(kms, "alias/anode-cli"), "chains": CHAINS}))
+    made = anode("keys", "generate", "--config", str(config), env=aws_env)
+    assert made.returncode == 0, made.stderr
+    key_id, created = made.stdout.strip().removeprefix("created KMS key ").split(": ")
+    assert SECRET_ACCESS_KEY not in made.stdout + made.stderr
+    shown = anode("keys", "address", "--config", str(config), env=aws_env)
+    assert shown.returncode == 0 and shown.stdout.strip() == created
+    again = anode("keys", "generate", "--config", str(config), env=aws_env)
+    assert again.returncode == 2 and "already names KMS key" in again.stderr
+    client = _client(kms)
+    assert client.describe_key(KeyId="alias/anode-cli")["KeyMetadata"]["KeyId"] == key_id
+    client.close()
+    signer = AwsKmsSigner.connect(Settings(**kms_config(kms, key_id)))
+    try:
+        digest = keccak(b"signed with the key the CLI made")
+        assert_valid(await signer.unsafe_sign_hash(digest), digest, created)
     finally:
         await signer.aclose()

@@ -8,9 +8,11 @@ This process and the ``anode serve`` it starts both point at it through ``SOFTHS
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 pkcs11 = pytest.importorskip("pkcs11", reason="python-pkcs11 is not installed")
 
@@ -25,6 +27,7 @@ from anode.signers.registry import build_signer, signer_settings  # noqa: E402
 from tests.signers.softhsm import MODULE, PIN, SO_PIN, TOKEN, SoftHsm  # noqa: E402
 from tests.signers.softhsm import available as softhsm_available  # noqa: E402
 from tests.support.signer_contract import SignerContract, assert_valid  # noqa: E402
+from tests.unit.test_cli_keys import CHAINS, anode  # noqa: E402
 
 KEY = "paymaster-signer"
 
@@ -174,3 +177,25 @@ async def test_two_signers_on_one_library_sign_concurrently(hsm_key: str) -> Non
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_anode_keys_generate_makes_the_key_on_the_token_and_it_signs(softhsm: SoftHsm, tmp_path: Path) -> None:
+    """The real CLI, in a subprocess, as an operator runs it: ``keys generate`` creates the key on
+    the token, ``keys address`` shows it, a second ``generate`` refuses, and the key signs."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"signer": softhsm.signer_config("cli-key"), "chains": CHAINS}))
+    made = anode("keys", "generate", "--config", str(config), env=softhsm.env)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("created a non-extractable key on the token: ")
+    created = made.stdout.strip().rsplit(" ", 1)[-1]
+    assert PIN not in made.stdout + made.stderr
+    shown = anode("keys", "address", "--config", str(config), env=softhsm.env)
+    assert shown.returncode == 0 and shown.stdout.strip() == created
+    again = anode("keys", "generate", "--config", str(config), env=softhsm.env)
+    assert again.returncode == 2 and "already has a key labelled 'cli-key'" in again.stderr
+    signer = build_signer(settings(key_label="cli-key"))
+    try:
+        digest = keccak(b"signed with the key the CLI made")
+        assert_valid(await signer.unsafe_sign_hash(digest), digest, created)
+    finally:
+        await signer.aclose()
