@@ -140,10 +140,9 @@ class SponsorshipService:
         """Stub paymaster data: final length, a dummy signature, the same checks as the real call."""
         with self.metrics.sponsorship(request.method):
             route, op, window = self._prepare(request)
-            _, report = await self._evaluate(route, op, window, request, final=False)
-            family = route.paymaster
-            stubbed = family.attach(op, family.encode(window, dummy_signature()))
-            return Sponsored(route=route, op=stubbed, window=window, user_op_hash=None, report=report)
+            ctx, report = await self._evaluate(route, op, window, request, final=False)
+            # ctx.op: op with this paymaster's fields and a dummy signature, as the stub answers it
+            return Sponsored(route=route, op=ctx.op, window=window, user_op_hash=None, report=report)
 
     async def sign(self, request: SponsorRequest) -> Sponsored:
         """Signed paymaster data, recorded in the ledger before it is returned."""
@@ -202,9 +201,8 @@ class SponsorshipService:
         # the pipeline decides before the bundler is asked (as for a stub: nothing reserved), so
         # a refused operation costs no bundler call and is refused with its module's code, the
         # same answer pm_getPaymasterData gives; the final run after the estimate reserves
-        await self._evaluate(route, op, window, request, final=False)
-        family = route.paymaster
-        stubbed = family.attach(op, family.encode(window, dummy_signature()))
+        ctx, _ = await self._evaluate(route, op, window, request, final=False)
+        stubbed = ctx.op
         if not stubbed.signature:
             stubbed = stubbed.model_copy(update={"signature": dummy_signature()})
         estimate = await route.bundler.estimate_user_operation_gas(
@@ -229,13 +227,11 @@ class SponsorshipService:
         window: ValidityWindow,
         request: SponsorRequest,
         *,
-        placeholder: UserOperation | None = None,
+        placeholder: UserOperation,
     ) -> Sponsored:
-        """``placeholder``: ``op`` with this paymaster's fields and a dummy signature, when the
-        pipeline already shaped it (``Context.op``): the digest covers everything but the signature."""
+        """``placeholder``: ``op`` with this paymaster's fields and a dummy signature, as the
+        pipeline shaped it (``Context.op``): the digest covers everything but the signature."""
         family = route.paymaster
-        if placeholder is None:
-            placeholder = family.attach(op, family.encode(window, dummy_signature()))
         sender_nonce = 0
         if family.needs_sender_nonce:
             sender_nonce = await route.chain.sender_nonce(family.address, op.sender)

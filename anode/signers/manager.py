@@ -60,9 +60,10 @@ from anode.signers.registry import SignerSettingsBase, build_signer
 from anode.userop.codec import checksum, parse_address
 from anode.userop.keccak import keccak
 
-#: backends that sign with coincurve on a key in this process: recovering their signatures proves nothing new
-_SIGNS_IN_PROCESS = frozenset({"local", "keystore", "mnemonic"})
-_OWN_IN_PROCESS = frozenset({LocalKeySigner, KeystoreSigner, MnemonicSigner})
+#: aNode's own keys in this process, exactly these classes (a subclass, a test double or a plugin
+#: may await something): they sign with coincurve and await nothing, so signing needs no timer,
+#: and recovering their signatures proves nothing new
+_SIGNS_IN_PROCESS = frozenset({LocalKeySigner, KeystoreSigner, MnemonicSigner})
 log = logging.getLogger("anode.signers")
 
 #: how one backend is asked for the signature (a bare digest, or an EIP-191 message hash)
@@ -119,9 +120,8 @@ class _Backend:
         self.address = signer.address
         self.address_bytes = bytes.fromhex(self.address[2:])
         self.type = signer.backend
-        #: one of aNode's own in-process keys (exactly these classes: a subclass, a test double or a
-        #: plugin may await something): signing awaits nothing, so it cannot hang and needs no timer
-        self.in_process = type(signer) in _OWN_IN_PROCESS
+        #: one of aNode's own in-process keys (``_SIGNS_IN_PROCESS``)
+        self.in_process = type(signer) in _SIGNS_IN_PROCESS
         self.healthy: bool | None = None
         self.checked_at: datetime | None = None
         self.last_error: str | None = None
@@ -379,7 +379,7 @@ class ManagedSigner:
             return f"signed as {signed.signer}, not as its own address {backend.address}"
         if not 0 < signed.s <= SECP256K1_N // 2 or signed.v not in (27, 28):
             return "returned a non-canonical signature (high s or bad v)"
-        verify = self._settings.verify_signatures and backend.type not in _SIGNS_IN_PROCESS
+        verify = self._settings.verify_signatures and not backend.in_process
         if (recover or verify) and recovered(signed) != backend.address_bytes:
             return "returned a signature that does not recover to its address"
         return None

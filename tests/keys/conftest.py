@@ -14,7 +14,6 @@ rotation test adds them (and puts things back afterwards).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +23,7 @@ from anode.devchain.anvil import DEFAULT_ACCOUNT_KEYS, Anvil
 from anode.devchain.deploy import Deployment, deploy_sandbox
 from anode.signers import registry
 from tests.keys import fakes
+from tests.support.databases import database_url, engine  # noqa: F401
 from tests.support.postgres import fresh_pg_database
 
 KEY_9, KEY_8, KEY_7, KEY_6 = (DEFAULT_ACCOUNT_KEYS[i] for i in (9, 8, 7, 6))
@@ -59,17 +59,9 @@ def pg_session_url() -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_session_url: str) -> Iterator[str]:
     """The session's PostgreSQL database, emptied of aNode's tables before each test."""
-    engine = sa.create_engine(pg_session_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with engine.begin() as connection:
+    server = sa.create_engine(pg_session_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with server.begin() as connection:
         connection.execute(sa.text("DROP SCHEMA public CASCADE"))
         connection.execute(sa.text("CREATE SCHEMA public"))
-    engine.dispose()
+    server.dispose()
     yield pg_session_url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'anode.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url

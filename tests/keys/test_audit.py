@@ -8,7 +8,7 @@ import asyncio
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,14 +24,6 @@ from tests.keys.conftest import ADDRESS_9, KEY_9
 
 PAYMASTER = "0x" + "5A" * 20
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(database_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def record(index: int, *, cost: int = 10**18, writer: str = "a") -> SponsorshipRecord:

@@ -34,6 +34,7 @@ from tests.integration.test_api_errors import (
     user_op,
 )
 from tests.policy.conftest import policy
+from tests.support.asgi import client_of, client_of_app
 
 ADMIN_KEY = "test-admin-key-0123456789"
 SECRET = "whsec-abcdefghijklmnop"
@@ -63,12 +64,6 @@ async def anode(make_anode: Callable[..., Anode]) -> AsyncIterator[Anode]:
     await node.aclose()
     for module in node.service.pipeline.policies:
         await module.aclose()  # type: ignore[attr-defined]
-
-
-def client_of(anode: Anode, key: str | None) -> httpx.AsyncClient:
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    transport = httpx.ASGITransport(app=app_of(anode))
-    return httpx.AsyncClient(transport=transport, base_url="http://anode.test", headers=headers)
 
 
 @pytest.fixture
@@ -515,10 +510,3 @@ def test_schemathesis_finds_no_server_error_in_the_policies_api(sync_app: FastAP
                 check()
             except Unsatisfiable:
                 assert mode is schemathesis.GenerationMode.NEGATIVE, operation.path
-
-
-def client_of_app(app: FastAPI, key: str) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app)
-    return httpx.AsyncClient(
-        transport=transport, base_url="http://anode.test", headers={"authorization": f"Bearer {key}"}
-    )

@@ -21,7 +21,7 @@ from anode.paymasters.base import GasDefaults
 from anode.pipeline.base import Context, Verdict
 from anode.pipeline.modules.policy_engine import PolicyEngineModule, operation_from, operation_of
 from anode.pipeline.routes import Route, build_family
-from anode.pipeline.security.decode import EXECUTE, EXECUTE_7579, decode_call_data
+from anode.pipeline.security.decode import EXECUTE, EXECUTE_7579
 from anode.pipeline.sponsor import SponsorRequest
 from anode.policy.calls import Call
 from anode.policy.engine import Operation, PolicyEngine
@@ -249,8 +249,9 @@ MINT_NFT_7579 = EXECUTE_7579 + encode(
 
 
 def as_the_security_filter_leaves_it(ctx: Context) -> Context:
-    """``ctx.facts`` as ``security_filter`` leaves it for the policy stage (its decoded calls)."""
-    ctx.facts["calls"] = list(decode_call_data(ctx.op.sender, ctx.op.call_data).calls)
+    """``ctx.facts`` as ``security_filter`` leaves it for the policy stage: the callData decoded
+    once (``ctx.decoded()``, what the policy engine reads) and its calls."""
+    ctx.facts["calls"] = list(ctx.decoded().calls)
     return ctx
 
 

@@ -23,7 +23,6 @@ import sqlalchemy as sa
 from eth_abi import encode
 from eth_utils.address import to_checksum_address
 
-from anode.api.app import create_app
 from anode.chain.cache import MemoryTTLCache
 from anode.config import validate_settings
 from anode.devchain.anvil import Anvil
@@ -37,6 +36,7 @@ from anode.wiring import Anode, build
 from tests.integration.test_api_errors import API_KEY, EP07, dead_node, settings_tree, user_op  # noqa: F401
 from tests.security.test_flow import contracts, erc7677, op, rpc, tree  # noqa: F401
 from tests.security.test_module import BAD, CHAIN_ID, OLD, SPENDER, Harness, execute
+from tests.support.asgi import client_of
 
 ADMIN_KEY = "blacklist-admin-key-0123456789"
 #: a contract the settings vouch for: sponsored without reading the chain, unless blacklisted
@@ -69,12 +69,6 @@ async def anode(tmp_path: Path, database_url: str, dead_node: str) -> AsyncItera
     node = build(validate_settings(settings))
     yield node
     await node.aclose()
-
-
-def client_of(anode: Anode, key: str | None) -> httpx.AsyncClient:
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    transport = httpx.ASGITransport(app=create_app(anode, manage_lifecycle=False))
-    return httpx.AsyncClient(transport=transport, base_url="http://anode.test", headers=headers)
 
 
 @pytest.fixture

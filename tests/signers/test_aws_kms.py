@@ -34,8 +34,8 @@ from anode.signers.aws_kms import AwsKmsSigner, Settings, generate_key
 from anode.signers.ecdsa import address_of_point, der_to_rs, low_s
 from anode.signers.registry import build_signer, signer_settings
 from tests.signers.moto_kms import KmsServer
+from tests.support.cli import CHAINS, anode
 from tests.support.signer_contract import SignerContract, assert_valid
-from tests.unit.test_cli_keys import CHAINS, anode
 
 REGION = "eu-central-1"
 #: dummy credentials (moto accepts any); distinctive so the secret-grep test means something

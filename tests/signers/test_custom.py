@@ -68,7 +68,7 @@ class TestCustomPluginSigner(SignerContract):
         return [SECRET_KEY[2:]]
 
 
-class TestCustomTypeClassPluginSigner(SignerContract):
+class TestCustomTypeClassPluginSigner(TestCustomPluginSigner):
     """``type: custom`` naming an entry point ``module:Class``: the issue's form, end to end on chain."""
 
     backend = "plugin_class_demo"
@@ -76,15 +76,6 @@ class TestCustomTypeClassPluginSigner(SignerContract):
     @pytest.fixture
     def signer_config(self, plugin_path: Path) -> dict[str, Any]:
         return {"type": "custom", "plugin": "plugin_class", "secret_key": SECRET_KEY, "label": "contract"}
-
-    @pytest.fixture
-    def signer_env(self, plugin_path: Path) -> dict[str, str]:
-        inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-        return {"PYTHONPATH": os.pathsep.join([str(plugin_path), str(REPO), *inherited])}
-
-    @pytest.fixture
-    def signer_secrets(self) -> list[str]:
-        return [SECRET_KEY[2:]]
 
 
 async def test_type_custom_and_the_short_form_build_the_same_plugin(plugin_path: Path) -> None:

@@ -26,8 +26,8 @@ from anode.signers.pkcs11 import Settings, generate_key, open_session, open_toke
 from anode.signers.registry import build_signer, signer_settings  # noqa: E402
 from tests.signers.softhsm import MODULE, PIN, SO_PIN, TOKEN, SoftHsm  # noqa: E402
 from tests.signers.softhsm import available as softhsm_available  # noqa: E402
+from tests.support.cli import CHAINS, anode  # noqa: E402
 from tests.support.signer_contract import SignerContract, assert_valid  # noqa: E402
-from tests.unit.test_cli_keys import CHAINS, anode  # noqa: E402
 
 KEY = "paymaster-signer"
 

@@ -10,25 +10,7 @@ from pathlib import Path
 
 import yaml
 
-CHAINS = [
-    {
-        "chain_id": 1,
-        "rpc_url": "http://127.0.0.1:1",
-        "paymasters": [
-            {
-                "entry_point": "0x0000000071727De22E5E9d8BAf0edAc6f37da032",
-                "address": "0x0000000071727De22E5E9d8BAf0edAc6f37da032",
-                "contract": "verifying",
-            }
-        ],
-    }
-]
-
-
-def anode(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "anode.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
+from tests.support.cli import CHAINS, anode
 
 
 def test_generate_a_keystore_then_print_its_address(tmp_path: Path) -> None:

@@ -18,23 +18,11 @@ from anode.cli import main
 from anode.store.database import create_engine, upgrade
 from anode.store.tables import sponsorships
 from anode.userop.codec import checksum
+from tests.support.cli import CHAINS
 
 #: as the ledger stores senders: checksummed
 SENDER_A = checksum(bytes.fromhex("a1" * 20))
 SENDER_B = checksum(bytes.fromhex("b2" * 20))
-CHAINS = [
-    {
-        "chain_id": 1,
-        "rpc_url": "http://127.0.0.1:1",
-        "paymasters": [
-            {
-                "entry_point": "0x0000000071727De22E5E9d8BAf0edAc6f37da032",
-                "address": "0x0000000071727De22E5E9d8BAf0edAc6f37da032",
-                "contract": "verifying",
-            }
-        ],
-    }
-]
 #: (sender, created_at UTC, user_op_hash) of the rows the ledger holds
 ROWS = [
     (SENDER_A, datetime(2025, 1, 31, 9, 0, tzinfo=UTC), "0x" + "01" * 32),
@@ -149,7 +137,6 @@ def test_an_unmigrated_database_says_to_run_the_migrations(capsys: pytest.Captur
         )
         if state == "absent":
             assert not database.exists(), "listing must not create the database"
-            sa.create_engine(f"sqlite:///{database}").dispose()
             database.touch()
 
     assert main(["db", "upgrade", "--config", str(config)]) == 0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any, ClassVar
 
-import pytest
 import uvicorn
 
 from anode.api.http import CoalescingTransport, HttpProtocol
+from anode.devchain.anvil import free_port
 
 
 class RecordingTransport:
@@ -117,14 +116,8 @@ class CountingProtocol(HttpProtocol):
         super().connection_made(Counted())  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def test_uvicorn_sends_each_whole_answer_in_one_write_over_keep_alive(port: int) -> None:
+async def test_uvicorn_sends_each_whole_answer_in_one_write_over_keep_alive() -> None:
+    port = free_port()
     CountingProtocol.writes = []
     config = uvicorn.Config(
         _app, host="127.0.0.1", port=port, http=CountingProtocol, log_level="warning", lifespan="off"

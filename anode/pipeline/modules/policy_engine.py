@@ -28,7 +28,7 @@ from anode.paymasters.base import ValidityWindow, dummy_signature
 from anode.pipeline.base import Context, Outcome
 from anode.pipeline.deps import Dependencies
 from anode.pipeline.routes import Route
-from anode.pipeline.security.decode import Decoded, decode_call_data
+from anode.pipeline.security.decode import Decoded, decode_call_data, selector_of
 from anode.policy.calls import NO_FUNCTION, Call, checksum_of
 from anode.policy.engine import Operation, PolicyEngine
 from anode.policy.evaluate import OpFacts
@@ -91,9 +91,8 @@ def calls_of(sender: bytes, call_data: bytes, decoded: Decoded | None = None) ->
     return tuple(Call(call.target, call.value, call.selector or NO_FUNCTION) for call in decoded.calls)
 
 
-def account_selector(call_data: bytes) -> str | None:
-    """The account's own function: the selector of callData (``None`` when shorter than 4 bytes)."""
-    return "0x" + call_data[:4].hex() if len(call_data) >= 4 else None
+#: the account's own function: the selector of callData (``None`` when shorter than 4 bytes)
+account_selector = selector_of
 
 
 def facts_of(op: UserOperation, chain_id: int, max_gas_cost: int, decoded: Decoded | None = None) -> OpFacts:

@@ -144,12 +144,13 @@ def _array(data: bytes, start: int) -> tuple[int, int]:
     return length, start + 32
 
 
-def _selector(data: bytes) -> str | None:
+def selector_of(data: bytes) -> str | None:
+    """The function selector ``data`` starts with (``0x`` + 4 bytes), ``None`` when shorter than 4 bytes."""
     return "0x" + data[:4].hex() if len(data) >= 4 else None
 
 
 def _call(target: bytes, value: int, data: bytes, kind: Literal["call", "delegatecall"] = "call") -> Call:
-    return Call(checksum(target), value, _selector(data), data, kind)
+    return Call(checksum(target), value, selector_of(data), data, kind)
 
 
 def _execute(args: bytes) -> list[Call]:
@@ -235,7 +236,7 @@ def decode_call_data(sender: bytes, call_data: bytes) -> Decoded:
             return Decoded(layout, tuple(calls))
     except _Malformed:
         pass
-    return Decoded(Layout.OPAQUE, (Call(checksum(sender), 0, _selector(call_data), call_data, "opaque"),))
+    return Decoded(Layout.OPAQUE, (Call(checksum(sender), 0, selector_of(call_data), call_data, "opaque"),))
 
 
 def grant_of(call: Call) -> Grant | None:
