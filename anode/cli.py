@@ -3,115 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from anode import custody_cli
-from anode.config import Settings, load_settings
+from anode.config import Settings, config_path, load_settings, load_signer_settings
 from anode.errors import AnodeError, ConfigError, StoreUnavailable
 from anode.keyserver.cli import add_commands as add_keyserver_commands
+from anode.serving import serve_settings
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from anode.store.api_keys import SqlApiKeys
-    from anode.wiring import Anode
 
 
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO; node and bundler URLs often carry provider keys
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def serve_settings(
-    settings: Settings,
-    host: str | None,
-    port: int | None,
-    *,
-    workers: int | None = None,
-    config_path: Path | None = None,
-) -> None:
-    """Serve ``settings``; with several workers each process builds its own aNode from ``config_path``.
-
-    The start-up checks (each node's chain id, each paymaster's ``getHash()``) run before uvicorn
-    listens: a refusal raises its ``AnodeError`` here, which :func:`main` prints as one line.
-    """
-    import uvicorn
-
-    from anode.api.http import HttpProtocol
-    from anode.wiring import build
-
-    configure_logging(settings)
-    count = workers or settings.server.workers
-    options = {
-        "host": host or settings.server.host,
-        "port": settings.server.port if port is None else port,
-        "log_level": settings.log_level.lower(),
-        "access_log": False,
-        "loop": "uvloop",
-        "http": HttpProtocol,  # httptools, a response's head and body in one send (anode/api/http.py)
-    }
-    if count == 1:
-        _serve_one(build(settings), options)
-        return
-    if config_path is None:
-        raise ConfigError("several workers need the configuration in a file: pass --config FILE")
-    # once, before the workers start: the migrations (so they never race on them) and the checks
-    # (so a refusal is one line here, not a traceback from every worker uvicorn restarts)
-    asyncio.run(_check(build(settings)))
-    os.environ["ANODE_CONFIG"] = str(config_path.resolve())
-    uvicorn.run("anode.api.asgi:app_from_environment", factory=True, workers=count, **options)  # type: ignore[arg-type]
-
-
-async def _check(anode: Anode) -> None:
-    try:
-        await anode.check()
-    finally:
-        await anode.aclose()
-
-
-def _serve_one(anode: Anode, options: dict[str, Any]) -> None:
-    """Start ``anode``, then serve it, in one event loop; a refusal closes everything and raises."""
-    import uvicorn
-
-    from anode.api.app import create_app
-
-    # the app's lifespan finds aNode started, and closes it at shutdown
-    config = uvicorn.Config(create_app(anode), **options)
-    server = uvicorn.Server(config)
-
-    async def start_then_serve() -> None:
-        try:
-            await anode.start()
-        except BaseException:
-            await anode.aclose()
-            raise
-        await server.serve()
-
-    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
-        runner.run(start_then_serve())
+def _command(args: argparse.Namespace) -> str:
+    """``anode ops list``: the command as typed, for messages."""
+    words = [args.command, getattr(args, args.command, None) or ""]
+    return " ".join(["anode", *filter(None, words)])
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(Path(args.config) if args.config else None)
+    return load_settings(config_path(args.config, _command(args)))
 
 
 def _serve(args: argparse.Namespace) -> None:
-    if not args.config and not any(name.startswith("ANODE_") for name in os.environ):
-        raise ConfigError("pass --config FILE (see config.example.yaml), or run `anode sandbox` for a local sandbox")
-    serve_settings(
-        _settings(args),
-        args.host,
-        args.port,
-        workers=args.workers,
-        config_path=Path(args.config) if args.config else None,
-    )
+    path = config_path(args.config, "anode serve", hint=", or run `anode sandbox` for a local sandbox")
+    serve_settings(load_settings(path), args.host, args.port, workers=args.workers, config_path=path)
 
 
 def _sandbox(args: argparse.Namespace) -> None:
@@ -143,7 +65,7 @@ def _ledger_engine(settings: Settings, config: str | None) -> sa.Engine:
     from anode.store.tables import sponsorships
 
     upgrade = f"`anode db upgrade{f' --config {config}' if config else ''}`"
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     url = engine.url
     shown = url.render_as_string(hide_password=True)
     missing = f"the database {shown} has no sponsorship ledger yet: run {upgrade} (`anode serve` also migrates)"
@@ -197,7 +119,7 @@ def _key_store(args: argparse.Namespace) -> SqlApiKeys:
     from anode.store.api_keys import SqlApiKeys
     from anode.store.database import create_engine, upgrade
 
-    engine = create_engine(_settings(args).database_url)
+    engine = create_engine(_settings(args).database_url.get_secret_value())
     upgrade(engine)
     return SqlApiKeys(engine)
 
@@ -228,7 +150,8 @@ def _keys_address(args: argparse.Namespace) -> None:
 
     from anode.signers.manager import ManagedSigner
 
-    signer = ManagedSigner.from_settings(_settings(args).signer)
+    # the signer alone: no chain, paymaster or database is needed to know the address
+    signer = ManagedSigner.from_settings(load_signer_settings(config_path(args.config, _command(args))))
     for name, kind, address in signer.backends:
         print(address if len(signer.backends) == 1 else f"{address}  {name} ({kind})")
     asyncio.run(signer.aclose())
@@ -237,7 +160,8 @@ def _keys_address(args: argparse.Namespace) -> None:
 def _keys_generate(args: argparse.Namespace) -> None:
     from anode.signers.manager_settings import backend_settings
 
-    settings = backend_settings(_settings(args).signer)[0]  # the primary's backend
+    signer = load_signer_settings(config_path(args.config, _command(args)))  # the signer alone
+    settings = backend_settings(signer)[0]  # the primary's backend
     if settings.type == "aws_kms":
         from anode.signers import aws_kms
 
@@ -289,7 +213,7 @@ def _generate_keystore(settings: object) -> None:
 def _db_upgrade(args: argparse.Namespace) -> None:
     from anode.store.database import create_engine, upgrade
 
-    upgrade(create_engine(_settings(args).database_url))
+    upgrade(create_engine(_settings(args).database_url.get_secret_value()))
     print("database schema is up to date")
 
 

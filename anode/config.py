@@ -3,17 +3,31 @@
 Environment keys map onto the YAML tree with ``__`` for nesting and list indexes as numbers:
 ``ANODE_SIGNER__PRIVATE_KEY``, ``ANODE_CHAINS__0__RPC_URL``. A value that starts with ``[`` or
 ``{`` is read as YAML (``ANODE_AUTH__API_KEYS='["k1","k2"]'``); anything else stays a string and
-is converted by the field's type. Secrets are ``SecretStr``: they never print. ``ANODE_CONFIG``
-and ``ANODE_TEST_…`` (the test suite's own variables) are not settings.
+is converted by the field's type. ``ANODE_CONFIG`` and ``ANODE_TEST_…`` (the test suite's own
+variables) are not settings. A variable whose first part names no setting (``ANODE_BIN``, exported
+by a deployment script) is ignored and logged; one that names a section but a setting the section
+does not have (``ANODE_SERVER__PROT``) stops start-up, naming the variable.
+
+Secrets are secret types: ``SecretStr`` for keys, tokens and passwords, :class:`SecretUrl` for URLs
+that carry credentials (database, Redis, node and bundler URLs: shown with the password, path and
+query masked). Mappings the settings pass on unvalidated (module ``config:``, seeded ``policies:``)
+show secret-looking values (``secret``, ``token``, ``password``, …) masked, and a webhook's
+``secret`` is a ``SecretStr`` from the start. So ``repr(settings)`` and
+``settings.model_dump_json()`` hold no secret in clear.
+
+YAML reads an unquoted ``0x…`` as a number; where a string was expected (keys, addresses, hashes)
+the error says to quote it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -21,11 +35,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from anode.errors import ConfigError
 from anode.signers.manager_settings import ManagerSettings
@@ -36,14 +52,200 @@ ENV_PREFIX = "ANODE_"
 #: the test suite's own variables (``ANODE_TEST_REDIS_URL``, ``ANODE_TEST_REQUIRE_ALL``): not settings
 TEST_ENV_PREFIX = "ANODE_TEST_"
 MAX_VALIDITY_SECONDS = 86_400
+#: what an unquoted ``0x…`` that YAML read as a number gets instead of "Input should be a valid string"
+HEX_NEEDS_QUOTES = "write hex values in quotes ('0x…'): YAML read this one as a number"
+MASK = "**********"
+
+log = logging.getLogger("anode.config")
+
+
+class HexNumber(int):
+    """An integer that YAML read from an unquoted ``0x…`` literal (kept apart, so errors can say to quote it)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, marking hex integers as :class:`HexNumber`."""
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    value: int = loader.construct_yaml_int(node)
+    digits = str(node.value).replace("_", "").lstrip("+-")
+    return HexNumber(value) if digits[:2].lower() == "0x" else value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` as YAML (safe: plain data only), an unquoted ``0x…`` number as a :class:`HexNumber`."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: plain data only
+
+
+def read_yaml_file(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping in the YAML file ``path`` (empty file: ``{}``); else a ``ConfigError`` that names
+    the problem and its position, never the text around it. The server and the key server read
+    their files with this one function."""
+    try:
+        loaded = parse_yaml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start + 1})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {describe_yaml_error(exc)}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return loaded or {}
+
+
+_STRING_ERRORS = {"string_type", "value_error", "bytes_type", "url_type", "literal_error"}
+
+
+def error_message(error: ErrorDetails) -> str:
+    """One pydantic error's message for an operator: an unquoted hex number says to quote it."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, HexNumber) and error["type"] in _STRING_ERRORS:
+        return HEX_NEEDS_QUOTES
+    if isinstance(value, Mapping):  # a nested model's own message: "private_key: Input should be a valid string"
+        field, separator, _ = message.partition(": ")
+        if separator and isinstance(_at(value, field), HexNumber):
+            return f"{field}: {HEX_NEEDS_QUOTES}"
+    return message
+
+
+def _at(tree: Any, path: str) -> Any:
+    """The value at the dotted ``path`` (``signer.private_key``, ``a.0.b``) of ``tree``, or ``None``."""
+    for part in path.split("."):
+        if isinstance(tree, Mapping):
+            tree = tree.get(part)
+        elif isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
+            tree = tree[int(part)]
+        else:
+            return None
+    return tree
+
+
+def _hex_numbers(value: Any, where: str = "") -> list[str]:
+    """Where in ``value`` (a YAML subtree) an unquoted ``0x…`` number sits (``private_key``, ``a.0.b``)."""
+    if isinstance(value, HexNumber):
+        return [where]
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _hex_numbers(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _hex_numbers(v, f"{where}.{i}" if where else str(i))]
+    return []
+
+
+def _hex_refusal(value: Any) -> ValueError | None:
+    """``private_key: write hex values in quotes…`` for the first unquoted hex number in ``value``."""
+    found = _hex_numbers(value)
+    return ValueError(f"{found[0]}: {HEX_NEEDS_QUOTES}") if found else None
+
+
+class SecretUrl(SecretStr):
+    """A URL that may carry credentials: ``str()``/``repr()`` show it with the password masked
+    (``postgresql://anode:***@db/anode``); :meth:`get_secret_value` is the URL itself."""
+
+    #: also hide the path and query (node providers put keys there: ``/v2/<key>``, ``?apikey=``)
+    _hide_path: bool = False
+
+    def _display(self) -> str:
+        return masked_url(self.get_secret_value(), hide_path=self._hide_path)
+
+
+class SecretEndpoint(SecretUrl):
+    """A node or bundler URL: shown as scheme, host and port only."""
+
+    _hide_path = True
+
+
+def masked_url(url: str, *, hide_path: bool = False) -> str:
+    """``url`` without its password (and, with ``hide_path``, without path and query)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return MASK
+    if not parts.scheme or (not parts.netloc and hide_path):
+        return MASK
+    user = ""
+    if parts.username is not None:
+        user = parts.username + (":***" if parts.password is not None else "") + "@"
+    elif parts.password is not None:
+        user = ":***@"
+    netloc = f"{user}{f'[{host}]' if ':' in host else host}{f':{port}' if port is not None else ''}"
+    if hide_path:
+        tail = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+        return f"{parts.scheme}://{netloc}{tail}"
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+def _shown(value: SecretStr) -> str:
+    return str(value)
+
+
+#: a URL with credentials: masked in ``repr``, ``str`` and JSON
+DatabaseUrl = Annotated[SecretUrl, PlainSerializer(_shown, return_type=str, when_used="json")]
+#: a node or bundler URL (its path and query may hold a provider key): masked in ``repr``, ``str`` and JSON
+EndpointUrl = Annotated[SecretEndpoint, PlainSerializer(_shown, return_type=str, when_used="json")]
+
+_SECRET_NAME = re.compile(
+    r"(^|_)(secret|secrets|password|passphrase|passwd|token|pin|mnemonic|private_key|privatekey|api_key|apikey|"
+    r"credential|credentials|auth|authorization|bearer|key_material|seed)(_|$)",
+    re.IGNORECASE,
+)
+
+
+def redacted(value: Any) -> Any:
+    """``value`` (plain data) with every secret-looking entry (by its key's name) and secret type masked."""
+    if isinstance(value, SecretStr):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {key: _redacted_entry(key, item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redacted(item) for item in value]
+    return value
+
+
+def _redacted_entry(key: Any, item: Any) -> Any:
+    if not isinstance(key, str) or item is None:
+        return redacted(item)
+    if _SECRET_NAME.search(key):
+        return MASK
+    if key.lower().endswith("url") and isinstance(item, str):  # a webhook's URL may carry a token
+        return masked_url(item, hide_path=True)
+    return redacted(item)
+
+
+#: a mapping handed on unvalidated: secret-looking values masked in JSON (and in ``repr``, see ``_Section``)
+OpenMapping = Annotated[dict[str, Any], PlainSerializer(redacted, when_used="json")]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redacted(value) if isinstance(value, dict | list) and name in _OPEN_FIELDS else value
+
+
+#: fields typed as :data:`OpenMapping` (or lists of them): ``repr`` masks their secret-looking values
+_OPEN_FIELDS = {"config", "policies"}
+
 
 def _address(value: str) -> str:
     parse_address(value)
+    return value
+
+
+def _paymaster_family(value: str) -> str:
+    from anode.paymasters.registry import FAMILIES
+
+    if value not in FAMILIES:
+        raise ValueError(f"unknown paymaster contract {value!r}: use one of {', '.join(sorted(FAMILIES))}")
     return value
 
 
@@ -53,7 +255,7 @@ def _signer_settings(value: Any) -> SignerSettingsBase:
     try:
         return signer_settings(value)
     except ConfigError as exc:
-        raise ValueError(exc.message) from None
+        raise _hex_refusal(value) or ValueError(exc.message) from None
 
 
 #: validated by the configured backend's own settings model (``anode/signers/registry.py``)
@@ -66,30 +268,49 @@ def _managed_signer_settings(value: Any) -> SignerSettingsBase | ManagerSettings
     try:
         return signer_config(value)
     except ConfigError as exc:
-        raise ValueError(exc.message) from None
+        raise _hex_refusal(value) or ValueError(exc.message) from None
 
 
 #: the server's ``signer:``: one backend, or a manager (``primary``, ``backups``, ``retiring``, …)
 ManagedSignerConfig = Annotated[SignerSettingsBase | ManagerSettings, BeforeValidator(_managed_signer_settings)]
 
 
+def _policy_secrets(value: Any) -> Any:
+    """A seeded policy with its webhook's ``secret`` as a ``SecretStr`` (the policy model accepts one)."""
+    if isinstance(value, Mapping) and isinstance(value.get("webhook"), Mapping):
+        webhook = dict(value["webhook"])
+        if isinstance(webhook.get("secret"), str):
+            webhook["secret"] = SecretStr(webhook["secret"])
+        return {**value, "webhook": webhook}
+    return value
+
+
+LogLevel = Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+
+
+def upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
 class PaymasterSettings(_Section):
     entry_point: str
     address: str
-    contract: Literal["verifying", "singleton"]
+    #: a family of ``anode/paymasters/registry.py`` (``verifying``, ``singleton``)
+    contract: str
     #: needed only for an EntryPoint that is not at its canonical address
     entry_point_version: Literal["v0.6", "v0.7", "v0.8"] | None = None
     verification_gas_limit: int = Field(100_000, ge=0, lt=1 << 128)
     post_op_gas_limit: int = Field(0, ge=0, lt=1 << 128)
 
     _check_addresses = field_validator("entry_point", "address")(_address)
+    _check_contract = field_validator("contract")(_paymaster_family)
 
 
 class ChainSettings(_Section):
     chain_id: int = Field(gt=0)
     #: provider URLs carry API keys (``/v2/<key>``, ``?apikey=``): kept out of repr/str
-    rpc_url: str = Field(repr=False)
-    bundler_url: str | None = Field(None, repr=False)
+    rpc_url: EndpointUrl
+    bundler_url: EndpointUrl | None = None
     paymasters: list[PaymasterSettings] = Field(min_length=1)
 
 
@@ -111,7 +332,8 @@ class SponsorshipSettings(_Section):
 class ModuleEntry(_Section):
     name: str
     enabled: bool = True
-    config: dict[str, Any] = Field(default_factory=dict)
+    #: validated by the module's own ``Config`` when the pipeline is built (``anode/pipeline/registry.py``)
+    config: OpenMapping = Field(default_factory=dict)
 
 
 class PipelineSettings(_Section):
@@ -126,12 +348,18 @@ class ServerSettings(_Section):
     #: server processes sharing the port (one Python process uses one core). Every piece of shared
     #: state (ledger, limits, confirmations, audit chain) lives in the database or Redis.
     workers: int = Field(1, ge=1, le=64)
+    #: largest request body (JSON-RPC and REST); a larger one is answered 413 before it is read
+    max_body_bytes: int = Field(1_048_576, ge=1_024, le=64 * 1_048_576)
+    #: most calls in one JSON-RPC batch
+    max_batch_length: int = Field(100, ge=1, le=10_000)
+    #: how long ``GET /health`` reuses its node reads (0: read on every hit)
+    health_cache_seconds: float = Field(5.0, ge=0, le=300)
 
 
 class Settings(_Section):
     environment: Literal["development", "production"] = "development"
-    #: may carry the database password: kept out of repr/str
-    database_url: str = Field("sqlite:///anode.db", repr=False)
+    #: may carry the database password: masked in repr, str and JSON
+    database_url: DatabaseUrl = SecretUrl("sqlite:///anode.db")
     signer: ManagedSignerConfig
     chains: list[ChainSettings] = Field(min_length=1)
     auth: AuthSettings = Field(default_factory=AuthSettings)
@@ -139,10 +367,11 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     #: Redis for shared caches and limits across processes (``redis://127.0.0.1:6379/0``); none: in-process
-    redis_url: str | None = Field(None, repr=False)
-    #: policies seeded at start-up (see the policy engine); managed at runtime through the API
-    policies: list[dict[str, Any]] = Field(default_factory=list)
-    log_level: str = "INFO"
+    redis_url: DatabaseUrl | None = None
+    #: policies seeded at start-up (see the policy engine); managed at runtime through the API.
+    #: Validated when the policy engine seeds them; a webhook's ``secret`` is a ``SecretStr`` from here on.
+    policies: list[Annotated[OpenMapping, BeforeValidator(_policy_secrets)]] = Field(default_factory=list)
+    log_level: Annotated[LogLevel, BeforeValidator(upper)] = "INFO"
 
     @model_validator(mode="after")
     def _unique_chains(self) -> Settings:
@@ -212,55 +441,172 @@ def describe_yaml_error(exc: yaml.YAMLError) -> str:
     return f"unreadable YAML ({type(exc).__name__})"
 
 
-def apply_env_overrides(tree: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Merge ``ANODE_…`` variables into ``tree``; a bad one is a ``ConfigError`` naming it, never its value."""
-    for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name == "ANODE_CONFIG" or name.startswith(TEST_ENV_PREFIX):
+def _is_setting_variable(name: str) -> bool:
+    return name.startswith(ENV_PREFIX) and name != "ANODE_CONFIG" and not name.startswith(TEST_ENV_PREFIX)
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (``ServerSettings``, or ``ChainSettings`` for a list of them)."""
+    if get_origin(annotation) is list:
+        (annotation,) = get_args(annotation) or (None,)
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation
+    return None
+
+
+def _unknown_setting(parts: list[str]) -> str | None:
+    """Why the path ``parts`` (``["server", "prot"]``) names no setting, when a known section lacks the field."""
+    model: type[BaseModel] | None = Settings
+    listed = False  # the path so far names a list: the next part must be an index
+    where: list[str] = []
+    for part in parts:
+        if listed:
+            if not part.isdigit():
+                return f"{part!r} must be a list index"
+            listed = False
+            where.append(part)
             continue
+        if model is None:
+            return None  # an open mapping or a backend's own settings: validation names the problem
+        field = model.model_fields.get(part)
+        if field is None:
+            return f"{'.'.join(where)} has no setting {part!r}"
+        where.append(part)
+        listed = get_origin(field.annotation) is list
+        model = _section_model(field.annotation)
+    return None
+
+
+def setting_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``ANODE_…`` variables in ``environ`` that name a setting (the rest are ignored)."""
+    return [
+        name
+        for name in sorted(environ)
+        if _is_setting_variable(name) and name[len(ENV_PREFIX) :].lower().split("__")[0] in Settings.model_fields
+    ]
+
+
+def ignored_variables(environ: Mapping[str, str]) -> list[str]:
+    """The ``ANODE_…`` variables in ``environ`` whose first part names no setting (``ANODE_BIN``)."""
+    return [name for name in sorted(environ) if _is_setting_variable(name) and name not in setting_variables(environ)]
+
+
+def apply_env_overrides(
+    tree: dict[str, Any], environ: Mapping[str, str], sources: dict[tuple[str, ...], str] | None = None
+) -> dict[str, Any]:
+    """Merge ``ANODE_…`` variables into ``tree``; a bad one is a ``ConfigError`` naming it, never its value.
+
+    A variable whose first part is no setting is ignored (logged); one naming a setting that a known
+    section does not have is refused. ``sources`` (if given) maps each path set to its variable.
+    """
+    for name in sorted(environ):
+        if not _is_setting_variable(name):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if parts[0] not in Settings.model_fields:
+            log.debug("environment variable %s names no aNode setting: ignored", name)
+            continue
+        unknown = _unknown_setting(parts)
+        if unknown is not None:
+            raise ConfigError(f"environment variable {name}: {unknown}")
         raw = environ[name]
         value: Any = raw
         if raw[:1] in "[{" and raw:
             try:
-                value = yaml.safe_load(raw)
+                value = parse_yaml(raw)
             except yaml.YAMLError as exc:
                 raise ConfigError(
                     f"environment variable {name} starts with {raw[0]!r}, so it is read as YAML, and its value "
                     f"is not valid YAML: {describe_yaml_error(exc)}"
                 ) from None
         try:
-            _set_path(tree, name[len(ENV_PREFIX) :].lower().split("__"), value)
+            _set_path(tree, parts, value)
         except ConfigError as exc:
             problem = exc.message.removeprefix("environment override: ")
             raise ConfigError(f"environment variable {name}: {problem}") from None
+        if sources is not None:
+            sources[tuple(parts)] = name
     return tree
+
+
+def config_path(
+    config: str | None, command: str, environ: Mapping[str, str] | None = None, hint: str = ""
+) -> Path | None:
+    """``--config``'s file; ``None`` when the environment alone configures (some ``ANODE_…`` setting is
+    set); else a ``ConfigError`` saying ``pass --config FILE`` for ``command`` (``anode ops list``)."""
+    if config:
+        return Path(config)
+    if setting_variables(os.environ if environ is None else environ):
+        return None
+    raise ConfigError(f"{command} needs a configuration: pass --config FILE (see config.example.yaml){hint}")
+
+
+def load_tree(path: Path | None = None, environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], Sources]:
+    """The YAML file at ``path`` (if any) with the environment's overrides, and which variable set what."""
+    env = os.environ if environ is None else environ
+    tree = read_yaml_file(path) if path is not None else {}
+    sources: Sources = {}
+    apply_env_overrides(tree, env, sources)
+    return tree, sources
 
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read ``path`` (YAML), apply environment overrides and validate; ``ConfigError`` on problems."""
-    env = os.environ if environ is None else environ
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start + 1})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {describe_yaml_error(exc)}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        tree = loaded or {}
-    apply_env_overrides(tree, env)
-    return validate_settings(tree)
+    tree, sources = load_tree(path, environ)
+    return validate_settings(tree, sources)
 
 
-def validate_settings(tree: dict[str, Any]) -> Settings:
+class SignerOnly(BaseModel):
+    """The ``signer:`` section alone (``anode keys address``): the rest of the file is not read."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    signer: ManagedSignerConfig
+
+
+def load_signer_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> SignerSettingsBase | ManagerSettings:
+    """Only the ``signer:`` settings of ``path`` and the environment; other sections may be absent."""
+    tree, sources = load_tree(path, environ)
+    return validate_model(SignerOnly, {"signer": tree.get("signer")} if "signer" in tree else {}, sources).signer
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+#: which environment variable set which path of the tree
+Sources = dict[tuple[str, ...], str]
+
+
+def _origin(loc: tuple[str | int, ...], sources: Sources) -> str:
+    """``environment variable ANODE_… : `` when a variable set ``loc`` or a section holding it."""
+    path = tuple(str(part) for part in loc)
+    for length in range(len(path), 0, -1):
+        name = sources.get(path[:length])
+        if name is not None:
+            return f"environment variable {name}: "
+    return ""
+
+
+def validate_model(
+    model: type[_M], tree: dict[str, Any], sources: Sources | None = None, what: str = "configuration"
+) -> _M:
+    """``tree`` as ``model``; else a ``ConfigError`` listing every problem by its path (and variable, if one set it)."""
     try:
-        return Settings.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            lines.append(f"  {where}: {error['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+            message = error_message(error)
+            if message.startswith(f"{where}.") or message.startswith(f"{where}:"):
+                where, _, message = message.partition(": ")  # a backend's own message already names the field
+            elif message.endswith(f": {HEX_NEEDS_QUOTES}"):  # a nested model's field: signer.primary.private_key
+                where = f"{where}.{message.removesuffix(f': {HEX_NEEDS_QUOTES}')}"
+                message = HEX_NEEDS_QUOTES
+            lines.append(f"  {_origin(error['loc'], sources or {})}{where}: {message}")
+        raise ConfigError(f"invalid {what}:\n" + "\n".join(lines)) from None
+
+
+def validate_settings(tree: dict[str, Any], sources: Sources | None = None) -> Settings:
+    return validate_model(Settings, tree, sources)

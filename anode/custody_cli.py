@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from anode.config import load_settings
+    from anode.config import config_path, load_settings
 
-    return load_settings(Path(args.config) if args.config else None)
+    command = " ".join(filter(None, ["anode", args.command, getattr(args, args.command, None)]))
+    return load_settings(config_path(args.config, command))
 
 
 # -- anode audit verify -------------------------------------------------------------------------
@@ -36,20 +37,37 @@ def _audit_verify(args: argparse.Namespace) -> None:
     import sqlalchemy as sa
 
     from anode.store.audit import verify
+    from anode.store.audit_ledger import cross_check
     from anode.store.database import create_engine
 
-    engine = create_engine(_settings(args).database_url)
+    engine = create_engine(_settings(args).database_url.get_secret_value())
     try:
         result = verify(engine)
+        ledger = cross_check(engine) if result.ok else None
     except sa.exc.SQLAlchemyError as exc:
         raise ConfigError(f"cannot read the audit log ({type(exc).__name__}): is the schema migrated?") from None
     finally:
         engine.dispose()
-    if result.ok:
-        print(f"audit chain intact: {result.records} record(s), head {result.head}")
+    if not result.ok:
+        print(f"audit chain BROKEN ({result.problem}): {result.message}", file=sys.stderr)
+        print(f"{result.records} record(s) checked; last good hash {result.head}", file=sys.stderr)
+        print("the ledger was not checked: the chain it is checked against is broken", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"audit chain intact: {result.records} record(s), head {result.head}")
+    assert ledger is not None
+    notes = [
+        f"{ledger.uncovered} signed before records carried money fields" if ledger.uncovered else "",
+        f"{ledger.predating} older than the audit log" if ledger.predating else "",
+    ]
+    noted = "; ".join(note for note in notes if note)
+    if ledger.ok:
+        print(f"ledger matches the audit chain: {ledger.rows} row(s)" + (f" ({noted})" if noted else ""))
         return
-    print(f"audit chain BROKEN ({result.problem}): {result.message}", file=sys.stderr)
-    print(f"{result.records} record(s) checked; last good hash {result.head}", file=sys.stderr)
+    print(f"ledger does NOT match the audit chain: {ledger.problem_count} problem(s)", file=sys.stderr)
+    for problem in ledger.problems:
+        print(f"  {problem}", file=sys.stderr)
+    if ledger.problem_count > len(ledger.problems):
+        print(f"  … and {ledger.problem_count - len(ledger.problems)} more", file=sys.stderr)
     raise SystemExit(1)
 
 
@@ -58,7 +76,9 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     audit = commands.add_parser("audit", help="the hash-chained audit log of signatures and rotations")
     actions = audit.add_subparsers(dest="audit", required=True)
     verify = actions.add_parser(
-        "verify", help="walk the chain; exit 1 at the first changed, removed or reordered record"
+        "verify",
+        help="walk the chain, then check the ledger against it; exit 1 at a changed, removed or reordered "
+        "record, or a ledger row changed or deleted",
     )
     verify.add_argument("--config")
     verify.set_defaults(run=_audit_verify)
@@ -70,13 +90,14 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 def backend_spec(text: str) -> BackendEntry:
     """A backend mapping from a YAML file, or inline as ``type=keystore,keystore_path=…,password_env=…``
     (an inline spec never holds a key: a key on the command line ends up in shell history)."""
+    from anode.config import error_message, parse_yaml
     from anode.signers.manager_settings import BackendEntry
 
     path = Path(text)
     raw: Any
     if "=" not in text or path.is_file():
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = parse_yaml(path.read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read signer file {text}: {exc.strerror}") from None
         except yaml.YAMLError:
@@ -90,7 +111,7 @@ def backend_spec(text: str) -> BackendEntry:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"] if part != "signer")
-        message = str(error["msg"]).removeprefix("Value error, ")
+        message = error_message(error)
         raise ConfigError(f"signer {text.split(',')[0]}: {field + ': ' if field else ''}{message}") from None
 
 
@@ -129,10 +150,10 @@ def _pick_keys(args: argparse.Namespace, settings: Settings) -> tuple[BackendEnt
 
 async def _rotate(args: argparse.Namespace) -> None:
     from anode.chain.client import ChainClient
+    from anode.custody.rotation import Rotation, RotationTarget
     from anode.signers.manager import ManagedSigner
     from anode.signers.manager_settings import ManagerSettings
     from anode.signers.registry import build_signer
-    from anode.signers.rotation import Rotation, RotationTarget
     from anode.store.database import create_engine, upgrade
     from anode.userop.codec import checksum, parse_address
 
@@ -142,7 +163,7 @@ async def _rotate(args: argparse.Namespace) -> None:
     clients: list[ChainClient] = []
     targets: list[RotationTarget] = []
     for chain in settings.chains:
-        client = ChainClient(chain.rpc_url)
+        client = ChainClient(chain.rpc_url.get_secret_value())
         clients.append(client)
         for pm in chain.paymasters:
             address = parse_address(pm.address)
@@ -158,7 +179,7 @@ async def _rotate(args: argparse.Namespace) -> None:
         raise ConfigError("no SingletonPaymaster in this config: rotation adds and removes SingletonPaymaster signers")
     signers: list[Signer] = []
     servers: ManagedSigner | None = None
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     try:
         old, new = build_signer(old_entry.signer), build_signer(new_entry.signer)
         signers += [old, new]

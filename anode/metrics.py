@@ -12,10 +12,13 @@ default: several apps in one process (tests, two servers in a benchmark) keep se
     anode_signer_healthy{backend}                        last health probe: 1 passed, 0 failed
     anode_sponsorships_total{method,result}              result: ok, or the error's stable code
     anode_http_request_duration_seconds{method,route,status}
+    anode_worker_info{pid}                               1, labelled with the process id: each process
+                                                         of ``anode serve --workers N`` counts on its own
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import IntEnum
@@ -73,6 +76,8 @@ class Metrics:
             "anode_sponsorships", "Sponsorship requests, by method and result", ["method", "result"], registry=r
         )
         self._sponsorship_children: dict[tuple[str, str], Counter] = {}
+        self.worker = Gauge("anode_worker_info", "This server process (one per --workers process)", ["pid"], registry=r)
+        self.worker.labels(str(os.getpid())).set(1)
         self.request_latency = Histogram(
             "anode_http_request_duration_seconds",
             "HTTP request latency, by method, route template and status",

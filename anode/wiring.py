@@ -8,22 +8,23 @@ from typing import TYPE_CHECKING
 
 from anode.api.auth import ApiKeys
 from anode.chain.bundler import BundlerClient
+from anode.chain.cache import TTLCache
 from anode.chain.client import ChainClient
 from anode.config import Settings
+from anode.custody.rotation import acceptance_check
 from anode.errors import ConfigError
 from anode.metrics import Metrics
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.base import Module
-from anode.pipeline.deps import Dependencies, TTLCache
+from anode.pipeline.deps import Dependencies
 from anode.pipeline.registry import SIGNING_STEP, build_modules, check_names
 from anode.pipeline.routes import Route, RouteTable, build_family, entry_point_version
 from anode.pipeline.runner import Pipeline
 from anode.pipeline.selfcheck import verified_family
-from anode.pipeline.sponsor import SponsorshipService
 from anode.signers.manager import ManagedSigner, PaymasterTarget
 from anode.signers.manager_settings import backend_settings
 from anode.signers.registry import IN_MEMORY_BACKENDS, check_production
-from anode.signers.rotation import acceptance_check
+from anode.sponsorship import SponsorshipService
 from anode.store.api_keys import SqlApiKeys
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import Ledger, SqlLedger
@@ -107,19 +108,63 @@ class Anode:
             await self.deps.redis.aclose()
 
 
+POLICY_ENGINE = "policy_engine"
+
+
+def refuse_ineffective(settings: Settings, *, workers: int | None = None) -> None:
+    """A ``ConfigError`` (one line) for a setting that would be accepted and then do nothing.
+
+    ``workers``: the processes that will serve (``anode serve --workers``; default ``server.workers``).
+    """
+    entries = settings.pipeline.modules
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        if entry.name in seen:
+            raise ConfigError(f"pipeline.modules[{index}]: {entry.name} is listed twice (list each module once)")
+        seen.add(entry.name)
+    enabled = {entry.name: entry for entry in entries if entry.enabled}
+    engine = enabled.get(POLICY_ENGINE)
+    if settings.policies and engine is None:
+        raise ConfigError(
+            f"policies: are configured, but pipeline.modules has no enabled {POLICY_ENGINE}, so none would be "
+            f"enforced: add `- name: {POLICY_ENGINE}` to pipeline.modules (or remove policies:)"
+        )
+    if settings.redis_url is not None and not set(enabled) - {SIGNING_STEP}:
+        raise ConfigError(
+            "redis_url is set, but no pipeline module uses Redis (it holds the checks' chain-read cache and "
+            "the policy engine's counters): add the modules to pipeline.modules, or remove redis_url"
+        )
+    if engine is not None:
+        limiter = engine.config.get("limiter", "auto")
+        count = settings.server.workers if workers is None else workers
+        if limiter == "memory" and count > 1:
+            raise ConfigError(
+                f"{POLICY_ENGINE}.config.limiter is memory, but {count} worker processes would each keep their own "
+                "counters (every limit multiplied by the worker count): use limiter: sql or redis, or one worker"
+            )
+        resolved = "redis" if limiter == "auto" and settings.redis_url is not None else limiter
+        if "redis_prefix" in engine.config and resolved in ("auto", "sql", "memory"):
+            raise ConfigError(
+                f"{POLICY_ENGINE}.config.redis_prefix is set, but the limiter is "
+                f"{'sql' if resolved == 'auto' else resolved}, which keeps no Redis keys: remove redis_prefix "
+                "(or use limiter: redis with redis_url)"
+            )
+
+
 def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None = None) -> Anode:
+    refuse_ineffective(settings)
     for backend in backend_settings(settings.signer):
         check_production(backend, settings.environment)
     metrics = metrics if metrics is not None else Metrics()
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url.get_secret_value())
     if migrate:
         upgrade(engine)
     ledger = SqlLedger(engine)
     routes: list[Route] = []
     clients: list[ChainClient | BundlerClient] = []
     for chain in settings.chains:
-        node = ChainClient(chain.rpc_url)
-        bundler = BundlerClient(chain.bundler_url, timeout=30.0) if chain.bundler_url else None
+        node = ChainClient(chain.rpc_url.get_secret_value())
+        bundler = BundlerClient(chain.bundler_url.get_secret_value(), timeout=30.0) if chain.bundler_url else None
         clients.append(node)
         if bundler is not None:
             clients.append(bundler)
@@ -159,7 +204,11 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
             from redis.asyncio import BlockingConnectionPool, Redis
 
             pool = BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=64, timeout=2.0, socket_timeout=1.0, socket_connect_timeout=1.0
+                settings.redis_url.get_secret_value(),
+                max_connections=64,
+                timeout=2.0,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
             )
             redis = Redis(connection_pool=pool)
         deps = Dependencies(settings=settings, engine=engine, cache=_cache(redis), redis=redis)

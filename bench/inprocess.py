@@ -175,7 +175,7 @@ def parts_table(anode: Any, database: Path) -> list[str]:
     from dataclasses import fields
 
     from anode.paymasters.base import dummy_signature, eip191_digest
-    from anode.pipeline.sponsor import SponsorRequest
+    from anode.sponsorship import SponsorRequest
     from anode.store.ledger import SponsorshipRecord
     from anode.userop.codec import checksum, to_hex
     from anode.userop.hashing import keccak, user_op_hash
@@ -232,7 +232,7 @@ def parts_table(anode: Any, database: Path) -> list[str]:
         return lambda: loop.run_until_complete(many())
 
     def recover() -> object:
-        from anode.signers.manager import recovered
+        from anode.signers.ecdsa import recovered
 
         return recovered(signed)
 

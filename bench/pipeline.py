@@ -77,6 +77,9 @@ def give(contracts: CheckContracts, wallets: list[str]) -> None:
 
 def pipeline(contracts: CheckContracts, limiter: str, redis_url: str | None) -> Any:
     def edit(tree: dict[str, Any]) -> None:
+        engine: dict[str, Any] = {"limiter": limiter}
+        if limiter == "redis":  # a fresh key space per run
+            engine["redis_prefix"] = f"bench:{uuid.uuid4().hex}:"
         tree["pipeline"] = {
             "modules": [
                 {
@@ -98,7 +101,7 @@ def pipeline(contracts: CheckContracts, limiter: str, redis_url: str | None) -> 
                     },
                 },
                 {"name": "security_filter", "config": {"block_threshold": 80, "confirm_threshold": 40}},
-                {"name": "policy_engine", "config": {"limiter": limiter, "redis_prefix": f"bench:{uuid.uuid4().hex}:"}},
+                {"name": "policy_engine", "config": engine},
                 {"name": "paymaster_signer"},
             ]
         }

@@ -13,7 +13,8 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from anode.api import errors
+from anode.api import errors, limits
+from anode.api.docs import add_docs
 from anode.api.jsonrpc.asgi import RPC_PATHS, JsonRpcEndpoint
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.dispatch import dispatch
@@ -123,6 +124,8 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
         version="0.1.0",
         summary="An open ERC-4337 paymaster: ERC-7677, pm_sponsorUserOperation and REST.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by add_docs, not from a CDN
+        redoc_url=None,
     )
     app.state.anode = anode
     sponsor = anode.settings.sponsorship
@@ -131,8 +134,8 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
         try:
             api_key_id = await anode.api_keys.authenticate(request)
         except Unauthorized as exc:
-            body = {"jsonrpc": "2.0", "id": None, "error": errors.rpc_error(exc)}
-            return errors.json_response(body, 401)
+            status, body = errors.rpc_refusal(exc)
+            return Response(body, status, media_type="application/json")
         ctx = CallContext(
             anode.service, api_key_id, sponsor.sponsor_name, sponsor.sponsor_icon, request.state.request_id
         )
@@ -160,6 +163,8 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
     rpc_routes = {r.path: r for r in app.routes if isinstance(r, APIRoute) and r.path in RPC_PATHS}
     endpoint = JsonRpcEndpoint(super(AnodeApp, app).__call__, anode=anode, routes=rpc_routes)
     app.rpc_fast_path = metrics.RequestObserver(JsonErrors(endpoint), metrics=anode.metrics)
+    add_docs(app)  # GET /docs (Swagger UI, its assets in the package) and GET /: after rpc_routes
+    app.add_middleware(limits.BodyLimit, max_bytes=anode.settings.server.max_body_bytes)  # REST bodies
     app.add_middleware(metrics.RequestObserver, metrics=anode.metrics)
     app.add_exception_handler(AnodeError, errors.anode_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_error_handler)

@@ -18,7 +18,7 @@ from anode.wiring import build
 
 
 def app_from_environment() -> FastAPI:
-    from anode.cli import configure_logging
+    from anode.serving import configure_logging
 
     settings = load_settings(Path(os.environ["ANODE_CONFIG"]))
     configure_logging(settings)

@@ -1,4 +1,9 @@
-"""The one place where errors become wire responses (JSON-RPC error objects, HTTP bodies)."""
+"""The one place where errors become wire responses (JSON-RPC error objects, HTTP bodies).
+
+Every ``AnodeError`` carries its JSON-RPC code and HTTP status (``anode/errors.py``); only this
+module reads them. The JSON-RPC envelope's own errors (-32700 parse error, -32600 invalid
+request) are built here too.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,22 @@ from anode.errors import AnodeError
 log = logging.getLogger("anode.api")
 
 INTERNAL_ERROR = {"code": -32603, "message": "internal error: the server logged the cause"}
+PARSE_ERROR = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error: the body is not JSON"}}
+
+
+def invalid_rpc(message: str, call_id: Any = None) -> dict[str, Any]:
+    """A response for a call that is not JSON-RPC 2.0 (-32600)."""
+    return {"jsonrpc": "2.0", "id": call_id, "error": {"code": -32600, "message": message}}
+
+
+def rpc_failure(exc: BaseException, call_id: Any = None) -> dict[str, Any]:
+    """A JSON-RPC response carrying ``exc`` as its error."""
+    return {"jsonrpc": "2.0", "id": call_id, "error": rpc_error(exc)}
+
+
+def rpc_refusal(exc: AnodeError) -> tuple[int, bytes]:
+    """HTTP status and body for a JSON-RPC request refused before any call is read (its key, its size)."""
+    return exc.http_status, orjson.dumps(rpc_failure(exc))
 
 
 def rpc_error(exc: BaseException) -> dict[str, Any]:
@@ -35,10 +56,16 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 def http_error(exc: AnodeError) -> Response:
+    status, body = http_refusal(exc)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def http_refusal(exc: AnodeError) -> tuple[int, bytes]:
+    """HTTP status and JSON body of aNode's REST error shape for ``exc``."""
     body: dict[str, Any] = {"error": {"code": exc.code, "message": exc.message}}
     if exc.data:
         body["error"]["details"] = exc.data
-    return json_response(body, exc.http_status)
+    return exc.http_status, orjson.dumps(body)
 
 
 async def anode_error_handler(_request: Request, exc: Exception) -> Response:

@@ -8,7 +8,7 @@ from typing import Any
 
 from anode.api.jsonrpc.results import gas_fields, paymaster_fields, signed_extras
 from anode.errors import ConfirmationRequired
-from anode.pipeline.sponsor import SponsorRequest, SponsorshipService, processing
+from anode.sponsorship import SponsorRequest, SponsorshipService, processing
 
 
 async def process(service: SponsorshipService, request: SponsorRequest) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Caches for chain reads, behind the ``TTLCache`` protocol of ``anode/pipeline/deps.py``.
+"""Caches for chain reads, behind the ``TTLCache`` protocol.
 
     make_cache(None)    → MemoryTTLCache   (one process; the default)
     make_cache(redis)   → RedisTTLCache    (shared by every process using that Redis)
@@ -44,14 +44,12 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-
-    from anode.pipeline.deps import TTLCache
 
 log = logging.getLogger("anode.cache")
 
@@ -61,6 +59,14 @@ DEFAULT_MAX_ENTRIES = 100_000
 #: a hit on an entry past this share of its ttl (a random point in the range) reloads it ahead
 REFRESH_AHEAD = (0.7, 0.9)
 _WARN_EVERY_SECONDS = 30.0
+
+
+class TTLCache(Protocol):
+    """A shared cache for chain reads: in-process by default, Redis when ``redis_url`` is set."""
+
+    async def get_or_load(self, key: str, ttl: float, load: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached value for ``key`` if younger than ``ttl`` seconds, else ``await load()`` (cached)."""
+        ...
 
 
 class SingleFlight:

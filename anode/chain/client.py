@@ -6,27 +6,17 @@ import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import httpx
 import orjson
 
 from anode.errors import ChainUnavailable, ServiceUnavailable, UpstreamRejected
 from anode.outbound import HttpClient, OutboundError
+from anode.redact import redacted
 from anode.userop.codec import parse_bytes, parse_quantity
 
 T = TypeVar("T")
 
 _BALANCE_OF = bytes.fromhex("70a08231")  # balanceOf(address): EntryPoint deposits
 _SENDER_NONCE = bytes.fromhex("9c90b443")  # senderNonce(address): VerifyingPaymaster v0.6
-
-
-def redacted(url: str) -> str:
-    """``scheme://host[:port]`` only: provider URLs carry API keys in their path or query."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return "(invalid URL)"
-    port = f":{parsed.port}" if parsed.port else ""
-    return f"{parsed.scheme}://{parsed.host}{port}"
 
 
 def parse_result(

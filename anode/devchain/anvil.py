@@ -49,7 +49,7 @@ def free_port() -> int:
         return port
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     """No listener on ``port`` (connections lingering in TIME_WAIT do not count, as for anvil)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -107,7 +107,7 @@ class Anvil:
             raise RuntimeError("anvil is already running")
         if self.port is None:
             self.port = free_port()
-        elif not _port_is_free(self.port):
+        elif not port_is_free(self.port):
             raise DevChainSetupError(f"port {self.port} on 127.0.0.1 is already in use")
         binary = self._binary or anvil_binary()
         args = [str(binary), "--host", "127.0.0.1", "--port", str(self.port)]

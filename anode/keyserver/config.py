@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from anode.config import SignerConfig, describe_yaml_error
-from anode.errors import ConfigError
+from anode.config import LogLevel, SignerConfig, read_yaml_file, upper, validate_model
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -76,7 +75,7 @@ class KeyserverSettings(_Section):
     port: int = Field(9100, ge=0, lt=65536)
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    log_level: str = "INFO"
+    log_level: Annotated[LogLevel, BeforeValidator(upper)] = "INFO"
 
     @model_validator(mode="after")
     def _consistent(self) -> KeyserverSettings:
@@ -94,22 +93,7 @@ class KeyserverSettings(_Section):
 
 
 def load_keyserver_settings(path: Path) -> KeyserverSettings:
-    """Read and validate the key server's YAML file; :class:`ConfigError` names every problem."""
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read key server config {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"key server config {path} is not UTF-8 text (byte {exc.start + 1})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"key server config {path} is not valid YAML: {describe_yaml_error(exc)}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"key server config {path} must hold a mapping at the top level")
-    try:
-        return KeyserverSettings.model_validate(tree)
-    except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            lines.append(f"  {where}: {str(error['msg']).removeprefix('Value error, ')}")
-        raise ConfigError("invalid key server configuration:\n" + "\n".join(lines)) from None
+    """Read and validate the key server's YAML file (with the server's own loader); :class:`ConfigError`
+    names every problem."""
+    tree = read_yaml_file(path, "key server config")
+    return validate_model(KeyserverSettings, tree, what="key server configuration")

@@ -14,14 +14,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from coincurve import PublicKey
-from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from anode.errors import ConfigError
 from anode.keyserver.audit import AuditLog, verify_audit
 from anode.keyserver.config import KeySettings, TokenSettings
 from anode.signers.base import Signer
+from anode.signers.ecdsa import address_of_point, recover_point
 from anode.signers.registry import build_signer
 
 log = logging.getLogger("anode.keyserver")
@@ -65,13 +64,8 @@ class KeyRing:
         """Sign the probe digest with every key; learn its public key; check it gives the address."""
         for key in list(self._keys.values()):
             signed = await key.signer.unsafe_sign_hash(PROBE_DIGEST)
-            try:
-                point = PublicKey.from_signature_and_message(
-                    signed.signature[:64] + bytes([signed.v - 27]), PROBE_DIGEST, hasher=None
-                ).format(compressed=False)
-            except ValueError:
-                point = b""
-            if not point or to_checksum_address(keccak(point[1:])[12:]) != key.address:
+            point = recover_point(PROBE_DIGEST, signed.r, signed.s, signed.v - 27)
+            if point is None or address_of_point(point) != key.address:
                 raise ConfigError(
                     f"keys: key {key.id!r} ({key.signer.backend}) signs with a key other than its address"
                 )

@@ -11,16 +11,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from anode.errors import InvalidRequest
+from anode.signers.base import eip191_digest as eip191_digest  # the one EIP-191 prefix is the signers'
 from anode.userop.hashing import keccak
 from anode.userop.models import UserOperation, UserOperationV06, UserOperationV07
 from anode.userop.versions import EntryPointVersion
-
-_EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
-
-
-def eip191_digest(message_hash: bytes) -> bytes:
-    """``toEthSignedMessageHash``: what the contracts recover the signer from."""
-    return keccak(_EIP191_PREFIX + message_hash)
 
 
 @dataclass(frozen=True, slots=True)

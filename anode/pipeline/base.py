@@ -21,7 +21,6 @@ from anode.userop.codec import checksum
 
 if TYPE_CHECKING:
     from anode.pipeline.routes import Route
-    from anode.pipeline.sponsor import SponsorRequest
     from anode.userop.models import UserOperation
 
 
@@ -51,13 +50,22 @@ class Outcome:
         return cls(Verdict.WARNING, code, message, data)
 
 
+class Request(Protocol):
+    """What modules read of the request (``anode.sponsorship.SponsorRequest``)."""
+
+    @property
+    def context(self) -> Any:
+        """The caller's ``context`` object (a confirmation token, a policy id, …), or ``None``."""
+        ...
+
+
 @dataclass(slots=True)
 class Context:
     """One operation on its way through the pipeline."""
 
     route: Route
     op: UserOperation
-    request: SponsorRequest
+    request: Request
     #: the caller's API key id (``None`` on an open server)
     api_key_id: str | None
     #: True for final data (signatures, reservations); False for stubs (checks only, nothing reserved)
@@ -68,7 +76,7 @@ class Context:
     confirmed: bool = False
     #: undo actions (e.g. release a reserved limit) run if signing or recording fails
     compensations: list[Any] = field(default_factory=list)
-    #: what modules learned, for later modules and the response (``calls`` from the security filter, …)
+    #: what one module works out once for the others (``decoded``: the callData, see ``decoded()``)
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -7,24 +7,17 @@ Modules never build clients themselves: the composition root (``wiring.py``) bui
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from anode.chain.cache import TTLCache
     from anode.config import Settings
-
-
-class TTLCache(Protocol):
-    """A shared cache for chain reads: in-process by default, Redis when ``redis_url`` is set."""
-
-    async def get_or_load(self, key: str, ttl: float, load: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached value for ``key`` if younger than ``ttl`` seconds, else ``await load()`` (cached)."""
-        ...
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from anode.config import ModuleEntry
+from anode.config import ModuleEntry, error_message
 from anode.errors import ConfigError
 from anode.pipeline.base import Module
 from anode.pipeline.deps import Dependencies
@@ -37,7 +37,7 @@ def _create(index: int, entry: ModuleEntry, deps: Dependencies) -> Module:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"])
-        raise ConfigError(f"{where}.config.{field}: {str(error['msg']).removeprefix('Value error, ')}") from None
+        raise ConfigError(f"{where}.config.{field}: {error_message(error)}") from None
     module: Module = source.create(config, deps)
     return module
 

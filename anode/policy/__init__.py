@@ -6,10 +6,9 @@
     limits/        LimiterStore (base.py): atomic check-and-reserve of every counter of one operation;
                    memory.py, sql.py (SQLite, PostgreSQL), redis.py (one Lua script); the factory
     webhooks.py    custom policies: an HMAC-signed POST that answers {"sponsor": bool} / {"approved": bool}
-    tables.py      the ``policies`` and ``policy_usage`` tables
     repository.py  policies in the database, seeded from settings, cached for the hot path
     engine.py      PolicyEngine: the decision (evaluate → webhooks → reserve), dry runs, status
-    errors.py      LimitStoreUnavailable, PolicyNotFound, PolicyExists, PolicyEngineDisabled
+    errors.py      LimitStoreUnavailable, PolicyNotFound, PolicyExists, PolicyEngineOff
 
 The pipeline module is ``anode/pipeline/modules/policy_engine.py``; how policies combine is
 written down in ``docs/policies.md``.

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from anode.errors import ConfigError, StoreUnavailable
 from anode.policy.errors import PolicyExists, PolicyNotFound
 from anode.policy.models import Policy
-from anode.policy.tables import policies
+from anode.store.policies import policies
 from anode.store.snapshot import RefreshedCopy
 
 log = logging.getLogger("anode.policy")

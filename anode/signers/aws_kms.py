@@ -8,15 +8,16 @@ call on the 32-byte digest: KMS signs the digest as given (no second hash) and r
 
 Credentials come from boto3's standard chain (environment, ``profile``, container or instance
 role) unless ``access_key_id``/``secret_access_key`` are set. boto3 blocks, so calls run on this
-signer's own thread pool (``max_concurrency`` threads and as many pooled HTTP connections); the
-event loop never waits on KMS.
+signer's own thread pool (``max_concurrency`` threads and as many pooled HTTP connections,
+:mod:`anode.signers.threaded`); the event loop never waits on KMS. Errors name the AWS error
+code (``AccessDeniedException``), never AWS's message text, and botocore's loggers are held at
+WARNING or above (below, they print every response body: :func:`anode.redact.quiet_loggers`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from concurrent.futures import ThreadPoolExecutor
+import re
 from typing import Any
 
 import boto3
@@ -25,12 +26,17 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import Field, SecretStr
 
 from anode.errors import ConfigError, SignerUnavailable
+from anode.redact import known_code, quiet_loggers
 from anode.signers.base import SignedDigest
-from anode.signers.ecdsa import DerError, address_of_point, der_to_rs, point_from_spki, signed_digest
+from anode.signers.ecdsa import BAD_SIGNATURE, DerError, address_of_point, der_to_rs, point_from_spki, signed_digest
 from anode.signers.registry import SignerSettingsBase
+from anode.signers.threaded import ThreadedSigner
 
 KEY_SPEC = "ECC_SECG_P256K1"
 SIGNING_ALGORITHM = "ECDSA_SHA_256"
+#: AWS error codes are CamelCase words, an acronym first at most (``KMSInvalidStateException``,
+#: ``AccessDeniedException``): never digits, never an access key id or a base64 secret
+_AWS_CODE = re.compile(r"^[A-Z]*(?:[A-Z][a-z]+)+$")
 
 
 class Settings(SignerSettingsBase):
@@ -47,10 +53,13 @@ class Settings(SignerSettingsBase):
 
 
 def _error(exc: Exception) -> str:
-    """A short reason for an error from botocore: the AWS error code and message, no request."""
+    """A short reason for an error from botocore: the AWS error code only.
+
+    AWS's message text is never repeated: a proxy or a fake in front of KMS may echo credentials
+    or request data there.
+    """
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'ClientError')}: {error.get('Message', '')}".rstrip(": ")
+        return known_code(exc.response.get("Error", {}).get("Code"), shape=_AWS_CODE) or "ClientError"
     return type(exc).__name__
 
 
@@ -59,6 +68,8 @@ def kms_client(settings: Settings) -> Any:
 
     def secret(value: SecretStr | None) -> str | None:
         return None if value is None else value.get_secret_value()
+
+    quiet_loggers()  # botocore logs every response body at DEBUG, an error's text included
 
     try:
         session = boto3.session.Session(
@@ -104,17 +115,17 @@ def public_point(client: Any, key_id: str) -> bytes:
         raise ConfigError(f"signer.key_id: KMS key {key_id}: {exc}") from None
 
 
-class AwsKmsSigner:
+class AwsKmsSigner(ThreadedSigner):
     """One KMS key. Holds a boto3 client (thread-safe) and the key's public point, nothing secret."""
 
     backend = "aws_kms"
 
     def __init__(self, client: Any, key_id: str, point: bytes, max_concurrency: int = 16) -> None:
+        super().__init__(max_concurrency, "anode-kms")
         self._client = client
         self._key_id = key_id
         self._point = point
         self._address = address_of_point(point)
-        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="anode-kms")
         self._sign_request = functools.partial(
             client.sign, KeyId=key_id, MessageType="DIGEST", SigningAlgorithm=SIGNING_ALGORITHM
         )
@@ -135,8 +146,6 @@ class AwsKmsSigner:
 
     def sign_blocking(self, digest: bytes) -> SignedDigest:
         """One ``Sign`` call and its conversion; runs on the signer's thread pool."""
-        if len(digest) != 32:
-            raise ValueError("unsafe_sign_hash takes a 32-byte digest")
         try:
             response = self._sign_request(Message=digest)
         except (ClientError, BotoCoreError) as exc:
@@ -145,19 +154,11 @@ class AwsKmsSigner:
             r, s = der_to_rs(response["Signature"])
         except (DerError, KeyError):
             raise SignerUnavailable(
-                f"aws_kms: Sign with {self._key_id} returned no DER ECDSA signature", code="ANODE_SIGNER_BAD_SIGNATURE"
+                f"aws_kms: Sign with {self._key_id} returned no DER ECDSA signature", code=BAD_SIGNATURE
             ) from None
         return signed_digest(digest, r, s, self._point, self._address)
 
-    async def unsafe_sign_hash(self, digest: bytes) -> SignedDigest:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.sign_blocking, digest)
-
-    async def aclose(self) -> None:
-        """Let signatures in flight finish, then release the HTTP connections."""
-        await asyncio.to_thread(self._close)
-
-    def _close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def release(self) -> None:
         self._client.close()
 
     def __repr__(self) -> str:

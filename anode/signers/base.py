@@ -17,6 +17,11 @@ EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
+def eip191_digest(message_hash: bytes) -> bytes:
+    """``toEthSignedMessageHash(message_hash)``: the digest paymaster contracts recover the signer from."""
+    return keccak(EIP191_PREFIX + message_hash)
+
+
 @dataclass(frozen=True, slots=True)
 class SignedDigest:
     digest: bytes
@@ -29,6 +34,15 @@ class SignedDigest:
     def signature(self) -> bytes:
         """65 bytes ``r ‖ s ‖ v``."""
         return self.r.to_bytes(32, "big") + self.s.to_bytes(32, "big") + bytes([self.v])
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredDigest(SignedDigest):
+    """A signature aNode's own code (:mod:`anode.signers.ecdsa`) has recovered to ``signer``.
+
+    Backends whose signatures come from elsewhere (a key server, a KMS, an HSM) return it, so the
+    signer manager does not recover the same signature a second time.
+    """
 
 
 @runtime_checkable
@@ -64,4 +78,4 @@ async def sign_eip191(signer: Signer, message_hash: bytes) -> SignedDigest:
     if own is not None:
         signed: SignedDigest = await own(message_hash)
         return signed
-    return await signer.unsafe_sign_hash(keccak(EIP191_PREFIX + message_hash))
+    return await signer.unsafe_sign_hash(eip191_digest(message_hash))

@@ -20,6 +20,10 @@ class CircuitBreaker:
         self._trial = False
 
     @property
+    def reset_after_s(self) -> float:
+        return self._reset_after
+
+    @property
     def state(self) -> CircuitState:
         if self._opened_at is None:
             return CircuitState.CLOSED

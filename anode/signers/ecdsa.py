@@ -1,13 +1,16 @@
-"""secp256k1 ECDSA plumbing shared by backends whose key lives elsewhere (KMS, HSM).
+"""secp256k1 ECDSA plumbing: the one place aNode derives an address from a public key, recovers
+a signature and brings ``s`` to the lower half.
 
-Such backends hand back a bare ``(r, s)`` — DER ``SEQUENCE {r, s}`` from AWS KMS, raw ``r ‖ s``
-from PKCS#11 ``CKM_ECDSA`` — and a public key as DER (an X.509 ``SubjectPublicKeyInfo`` or a
-PKCS#11 ``CKA_EC_POINT``). Ethereum wants more: ``s`` in the lower half of the curve order
-(OpenZeppelin's ``ECDSA.recover`` rejects the other half) and a recovery id, which no HSM reports.
-:func:`signed_digest` normalises ``s`` and finds ``v`` by recovering the public key for each
-candidate and comparing it with the key the backend reported at start-up; a signature that
-recovers to neither (a wrong key, or a backend that hashed the digest once more) is refused
-rather than returned.
+Backends whose key lives elsewhere hand back a bare ``(r, s)`` — DER ``SEQUENCE {r, s}`` from AWS
+KMS, raw ``r ‖ s`` from PKCS#11 ``CKM_ECDSA`` — and a public key as DER (an X.509
+``SubjectPublicKeyInfo`` or a PKCS#11 ``CKA_EC_POINT``), or, from a key server, ``r ‖ s ‖ v``.
+Ethereum wants ``s`` in the lower half of the curve order (OpenZeppelin's ``ECDSA.recover``
+rejects the other half) and a recovery id, which no HSM reports. :func:`signed_digest` normalises
+``s`` and finds ``v`` by recovering the public key for each candidate and comparing it with the
+key the backend reported at start-up; :func:`checked_signature` normalises a signature that has
+its ``v`` and recovers it once. A signature that recovers to another key (a wrong key, or a
+backend that hashed the digest once more) is refused rather than returned. Both give a
+:class:`~anode.signers.base.RecoveredDigest`, which the signer manager does not recover again.
 
 The DER reader is deliberately tiny and strict: it reads exactly the structures above.
 """
@@ -16,15 +19,17 @@ from __future__ import annotations
 
 from coincurve import PublicKey
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 
 from anode.errors import SignerUnavailable
-from anode.signers.base import SECP256K1_N, SignedDigest
+from anode.signers.base import SECP256K1_N, RecoveredDigest, SignedDigest
+from anode.userop.keccak import keccak
 
 HALF_N = SECP256K1_N // 2
 #: DER OID 1.2.840.10045.2.1 (id-ecPublicKey) and 1.3.132.0.10 (secp256k1), tag and length included
 EC_PUBLIC_KEY_OID = bytes.fromhex("06072a8648ce3d0201")
 SECP256K1_OID = bytes.fromhex("06052b8104000a")
+
+BAD_SIGNATURE = "ANODE_SIGNER_BAD_SIGNATURE"
 
 _SEQUENCE, _INTEGER, _BIT_STRING, _OCTET_STRING = 0x30, 0x02, 0x03, 0x04
 
@@ -116,32 +121,85 @@ def point_from_ec_point(value: bytes) -> bytes:
     return uncompressed_point(_only(value, _OCTET_STRING))
 
 
+def address_bytes_of_point(point: bytes) -> bytes:
+    """The 20-byte Ethereum address of an uncompressed (65-byte ``04 ‖ x ‖ y``) public key."""
+    return keccak(point[1:])[12:]
+
+
 def address_of_point(point: bytes) -> str:
     """Checksummed Ethereum address of an uncompressed (65-byte) public key."""
-    return to_checksum_address(keccak(point[1:])[12:])
+    return to_checksum_address(address_bytes_of_point(point))
 
 
-def signed_digest(digest: bytes, r: int, s: int, point: bytes, address: str) -> SignedDigest:
-    """Canonical Ethereum signature of ``digest`` from a backend's ``(r, s)``.
+def recover_point(digest: bytes, r: int, s: int, recovery_id: int) -> bytes | None:
+    """The uncompressed public key that signed ``digest`` with ``(r, s, recovery_id)``, or ``None``."""
+    if recovery_id not in (0, 1) or not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
+        return None
+    rs = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    try:
+        return PublicKey.from_signature_and_message(rs + bytes([recovery_id]), digest, hasher=None).format(
+            compressed=False
+        )
+    except ValueError:
+        return None
+
+
+def recovered(signed: SignedDigest) -> bytes | None:
+    """The 20-byte address ``signed`` recovers to, or ``None`` for a malformed signature."""
+    if signed.v not in (27, 28):
+        return None
+    point = recover_point(signed.digest, signed.r, signed.s, signed.v - 27)
+    return None if point is None else address_bytes_of_point(point)
+
+
+def recovered_address(signed: SignedDigest) -> str | None:
+    """The checksummed address ``signed`` recovers to, or ``None`` for a malformed signature."""
+    raw = recovered(signed)
+    return None if raw is None else to_checksum_address(raw)
+
+
+def _out_of_range(r: int, s: int) -> bool:
+    return not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N)
+
+
+def signed_digest(digest: bytes, r: int, s: int, point: bytes, address: str) -> RecoveredDigest:
+    """Canonical Ethereum signature of ``digest`` from a backend's ``(r, s)`` (no recovery id).
 
     ``point`` is the key's uncompressed public key, ``address`` its address. ``s`` is brought to
     the lower half; ``v`` is the recovery id whose recovered key is ``point``.
     """
-    if not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
-        raise SignerUnavailable(
-            "the signing backend returned an out-of-range signature", code="ANODE_SIGNER_BAD_SIGNATURE"
-        )
+    if _out_of_range(r, s):
+        raise SignerUnavailable("the signing backend returned an out-of-range signature", code=BAD_SIGNATURE)
     s = low_s(s)
-    rs = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     for recovery_id in (0, 1):
-        try:
-            recovered = PublicKey.from_signature_and_message(rs + bytes([recovery_id]), digest, hasher=None)
-        except ValueError:
-            continue
-        if recovered.format(compressed=False) == point:
-            return SignedDigest(digest=digest, r=r, s=s, v=27 + recovery_id, signer=address)
+        if recover_point(digest, r, s, recovery_id) == point:
+            return RecoveredDigest(digest=digest, r=r, s=s, v=27 + recovery_id, signer=address)
     raise SignerUnavailable(
         f"the signing backend returned a signature that does not recover to {address} "
         "(a different key, or a backend that hashed the digest again)",
-        code="ANODE_SIGNER_BAD_SIGNATURE",
+        code=BAD_SIGNATURE,
     )
+
+
+def checked_signature(digest: bytes, signature: bytes, address: str, where: str) -> RecoveredDigest:
+    """``r ‖ s ‖ v`` (``v`` 0/1 or 27/28) as a canonical signature of ``digest``, if it recovers to ``address``.
+
+    A high ``s`` is replaced by the other valid ``s`` of the same signature (the recovery id flips
+    with it). ``where`` names the backend in errors.
+    """
+    if len(signature) != 65:
+        raise SignerUnavailable(f"{where} answered a malformed signature", code=BAD_SIGNATURE)
+    r, s, v = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big"), signature[64]
+    v = v + 27 if v in (0, 1) else v
+    if v not in (27, 28) or _out_of_range(r, s):
+        raise SignerUnavailable(f"{where} answered an out-of-range signature", code=BAD_SIGNATURE)
+    if s > HALF_N:
+        s, v = SECP256K1_N - s, 55 - v
+    point = recover_point(digest, r, s, v - 27)
+    if point is None or address_of_point(point) != address:
+        raise SignerUnavailable(
+            f"{where} returned a signature that does not recover to {address} "
+            "(another key signed, or the server hashed the digest again)",
+            code=BAD_SIGNATURE,
+        )
+    return RecoveredDigest(digest=digest, r=r, s=s, v=v, signer=address)

@@ -13,17 +13,16 @@ from pathlib import Path
 import orjson
 from coincurve import PrivateKey
 from eth_account import Account
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from pydantic import SecretStr
 
 from anode.errors import ConfigError
 from anode.signers.base import SignedDigest
+from anode.signers.ecdsa import address_of_point
 from anode.signers.registry import SignerSettingsBase
 
 
 def address_of(key: PrivateKey) -> str:
-    return to_checksum_address(keccak(key.public_key.format(compressed=False)[1:])[12:])
+    return address_of_point(key.public_key.format(compressed=False))
 
 
 class LocalKeySigner:

@@ -73,8 +73,9 @@ class ManagerSettings(_Section):
     circuit: CircuitSettings = Field(default_factory=CircuitSettings)
     #: health probes and on-chain acceptance checks; 0 checks at start-up only
     health_interval_s: float = Field(10.0, ge=0, le=86_400)
-    #: recover every signature of an out-of-process backend (KMS, HSM, remote, Vault…) to its address
-    #: before returning it (~40 µs); in-process keys (local, keystore, mnemonic) sign with their own key
+    #: recover every signature of an out-of-process backend (a plugin…) to its address before returning
+    #: it (~40 µs); in-process keys (local, keystore, mnemonic) sign with their own key, and the remote,
+    #: KMS and HSM backends recover what their server returns themselves (once per signature)
     verify_signatures: bool = True
 
 

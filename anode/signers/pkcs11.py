@@ -10,22 +10,21 @@ python-pkcs11 initialises the library with ``C_Initialize(NULL)``, which by the 
 standard promises the library that no two threads call it at once, and SoftHSM2 then runs
 without its own locks (concurrent ``C_Sign`` on two sessions corrupts its heap). So every call
 into one library goes through one lock per library, and each signer signs on its own worker
-thread with one session: the event loop never waits on the token, and the token sees one call at
-a time (SoftHSM2 signs in about 0.5 ms, so one library serves about 2,000 signatures a second).
-Login is per token, not per session (see :func:`open_session` for how a wrong PIN is still
-refused when the process is already logged in). A session the token has dropped (token reset,
-HSM fail-over) is replaced once before a signature is reported as failed.
+thread (:mod:`anode.signers.threaded`) with one session: the event loop never waits on the
+token, and the token sees one call at a time (SoftHSM2 signs in about 0.5 ms, so one library
+serves about 2,000 signatures a second). Login is per token, not per session (see
+:func:`open_session` for how a wrong PIN is still refused when the process is already logged
+in). A session the token has dropped (token reset, HSM fail-over) is replaced once before a
+signature is reported as failed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import logging
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
 
@@ -45,8 +44,17 @@ from pydantic import SecretStr
 
 from anode.errors import ConfigError, SignerUnavailable
 from anode.signers.base import SignedDigest
-from anode.signers.ecdsa import SECP256K1_OID, DerError, address_of_point, point_from_ec_point, raw_to_rs, signed_digest
+from anode.signers.ecdsa import (
+    BAD_SIGNATURE,
+    SECP256K1_OID,
+    DerError,
+    address_of_point,
+    point_from_ec_point,
+    raw_to_rs,
+    signed_digest,
+)
 from anode.signers.registry import SignerSettingsBase
+from anode.signers.threaded import ThreadedSigner
 
 log = logging.getLogger("anode.signers.pkcs11")
 
@@ -138,7 +146,7 @@ def key_point(session: pkcs11.Session, label: str) -> bytes:
         raise ConfigError(f"signer.key_label: key {label!r}: CKA_EC_POINT {exc}") from None
 
 
-class Pkcs11Signer:
+class Pkcs11Signer(ThreadedSigner):
     """One key pair on a token, one session, one worker thread."""
 
     backend = "pkcs11"
@@ -163,7 +171,7 @@ class Pkcs11Signer:
                 raise
         self._point = point
         self._address = address_of_point(point)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="anode-pkcs11")
+        super().__init__(1, "anode-pkcs11")
 
     def _open(self) -> tuple[pkcs11.Session, SignMixin]:
         """A new session and the private key's handle in it (library lock held)."""
@@ -181,8 +189,6 @@ class Pkcs11Signer:
 
     def sign_blocking(self, digest: bytes) -> SignedDigest:
         """``CKM_ECDSA`` under the library lock; runs on the signer's worker thread."""
-        if len(digest) != 32:
-            raise ValueError("unsafe_sign_hash takes a 32-byte digest")
         with self._lock:
             try:
                 try:
@@ -198,18 +204,11 @@ class Pkcs11Signer:
         try:
             r, s = raw_to_rs(raw)
         except DerError as exc:
-            raise SignerUnavailable(f"pkcs11: {exc}", code="ANODE_SIGNER_BAD_SIGNATURE") from None
+            raise SignerUnavailable(f"pkcs11: {exc}", code=BAD_SIGNATURE) from None
         return signed_digest(digest, r, s, self._point, self._address)
 
-    async def unsafe_sign_hash(self, digest: bytes) -> SignedDigest:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.sign_blocking, digest)
-
-    async def aclose(self) -> None:
-        """Let signatures in flight finish, then close the session (the process's last one logs out)."""
-        await asyncio.to_thread(self._close)
-
-    def _close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def release(self) -> None:
+        """Close the session (the process's last one logs out)."""
         with self._lock:
             self._close_session()
 

@@ -21,8 +21,10 @@ that comes back is checked to recover to it: a key server that signs with anothe
 the digest once more, is an error (``ANODE_SIGNER_BAD_SIGNATURE``), never a signature handed on.
 A signature with high ``s`` is brought to low ``s``. Requests share one keep-alive connection
 pool; a request that fails on a connection the server dropped is sent once more (signing the same
-digest twice is harmless). Errors name the status and what to check, never the token, and show
-the URL as ``scheme://host:port`` only.
+digest twice is harmless). Errors name the status, the protocol's error code (``unknown_key``)
+and what to check; never the token, never the server's own error text (a server or a proxy may
+echo a secret there: the key server's log has the detail), and show the URL as
+``scheme://host:port`` only.
 """
 
 from __future__ import annotations
@@ -35,28 +37,39 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from coincurve import PublicKey
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from anode.chain.client import redacted
 from anode.errors import ConfigError, SignerUnavailable
 from anode.outbound import HttpClient, OutboundError, OutboundTimeout, Reply
-from anode.signers.base import SECP256K1_N, SignedDigest
+from anode.redact import CredentialUrl, known_code, quiet_loggers, redacted
+from anode.signers.base import EIP191_PREFIX, SignedDigest, eip191_digest
+from anode.signers.ecdsa import BAD_SIGNATURE, address_of_point, checked_signature, uncompressed_point
 from anode.signers.registry import SignerSettingsBase
 
 ALGORITHM = "secp256k1-ecdsa-digest"
-EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
-_HALF_N = SECP256K1_N // 2
+#: the error codes of the ``anode`` protocol (``{error: {code, message}}``), the only part of an
+#: error answer aNode repeats
+PROTOCOL_CODES = frozenset(
+    {
+        "bad_request",
+        "unsupported_algorithm",
+        "unauthorized",
+        "forbidden",
+        "unknown_key",
+        "not_found",
+        "too_large",
+        "signer_unavailable",
+        "audit_unavailable",
+    }
+)
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _SIGNATURE = re.compile(r"^(0x)?[0-9a-fA-F]{130}$")
-BAD_SIGNATURE = "ANODE_SIGNER_BAD_SIGNATURE"
 _JSON = {"content-type": "application/json"}
 
 
 class Settings(SignerSettingsBase):
-    url: str
+    url: CredentialUrl
     mode: Literal["anode", "web3signer"] = "anode"
     #: the bearer token (required in ``anode`` mode; Web3Signer itself takes none, a proxy in front may)
     token: SecretStr | None = None
@@ -120,25 +133,24 @@ def _client_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _server_message(content: bytes) -> str:
-    """The key server's own error message (``{error: {message}}`` or text), shortened."""
+def _server_code(content: bytes) -> str | None:
+    """The protocol's error code in an error answer (``{error: {code}}``); never its message."""
     try:
-        body = orjson.loads(content)
-        message = body["error"]["message"] if isinstance(body.get("error"), dict) else body.get("error", "")
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        message = content.decode("utf-8", "replace")
-    return str(message).strip()[:200]
+        error = orjson.loads(content)["error"]
+        return known_code(error["code"], PROTOCOL_CODES) if isinstance(error, dict) else None
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
-def _refusal(status: int, where: str, key_id: str | None, detail: str) -> str:
-    """What a refusal means and what to check, by status."""
+def _refusal(status: int, where: str, key_id: str | None, code: str | None) -> str:
+    """What a refusal means and what to check, by status (the server's own text is never repeated)."""
     if status == 401:
         return f"{where} refused the token (401): check signer.token"
     if status == 403:
         return f"{where} does not allow this token to use key {key_id!r} (403): check the key's allowed callers"
     if status == 404:
-        return f"{where} has no key {key_id!r} (404): check signer.key_id" + (f" ({detail})" if detail else "")
-    return f"{where} answered {status}" + (f": {detail}" if detail else "")
+        return f"{where} has no key {key_id!r} (404): check signer.key_id"
+    return f"{where} answered {status}" + (f" ({code})" if code else "") + ": the key server's log says why"
 
 
 def public_key_address(public_key: str) -> str:
@@ -146,8 +158,7 @@ def public_key_address(public_key: str) -> str:
     raw = bytes.fromhex(public_key.removeprefix("0x"))
     if len(raw) == 64:
         raw = b"\x04" + raw
-    point = PublicKey(raw).format(compressed=False)
-    return to_checksum_address(keccak(point[1:])[12:])
+    return address_of_point(uncompressed_point(raw))  # DerError is a ValueError
 
 
 def _bare(key: str) -> str:
@@ -214,6 +225,7 @@ class RemoteSigner:
         """Learn the key's address from the key server; a refusal or a mismatch is a :class:`ConfigError`."""
         where = f"the key server at {redacted(settings.url)}"
         identifier: str | None = None
+        quiet_loggers()  # httpx logs every URL at INFO, and the path may name a tenant
         try:
             with httpx.Client(**_client_options(settings)) as http:
                 if settings.mode == "anode":
@@ -232,7 +244,7 @@ class RemoteSigner:
         except httpx.HTTPError as exc:
             raise ConfigError(f"signer.url: cannot reach {where} ({type(exc).__name__})") from None
         if response.status_code != 200:
-            message = _refusal(response.status_code, where, settings.key_id, _server_message(response.content))
+            message = _refusal(response.status_code, where, settings.key_id, _server_code(response.content))
             raise ConfigError(f"signer: {message}")
         try:
             body = orjson.loads(response.content)
@@ -279,12 +291,12 @@ class RemoteSigner:
         """Sign ``toEthSignedMessageHash(message_hash)`` (what paymasters recover from), in either mode."""
         if len(message_hash) != 32:
             raise ValueError("sign_eip191 takes a 32-byte hash")
-        data = EIP191_PREFIX + message_hash
         if self._settings.mode == "anode":
-            return await self.unsafe_sign_hash(keccak(data))
-        response = await self._request("POST", f"/api/v1/eth1/sign/{self._identifier}", {"data": "0x" + data.hex()})
+            return await self.unsafe_sign_hash(eip191_digest(message_hash))
+        data = "0x" + (EIP191_PREFIX + message_hash).hex()
+        response = await self._request("POST", f"/api/v1/eth1/sign/{self._identifier}", {"data": data})
         text = response.text.strip().strip('"')
-        return self._checked(keccak(data), text)
+        return self._checked(eip191_digest(message_hash), text)
 
     async def health(self) -> None:
         """Raise :class:`SignerUnavailable` unless the key server is up and still serves this key."""
@@ -322,7 +334,7 @@ class RemoteSigner:
         except OutboundError as exc:
             raise SignerUnavailable(f"{self._where()} is unreachable ({exc.reason})") from None
         if response.status != 200:
-            message = _refusal(response.status, self._where(), self._key_id, _server_message(response.body))
+            message = _refusal(response.status, self._where(), self._key_id, _server_code(response.body))
             raise SignerUnavailable(message)
         return response
 
@@ -330,26 +342,7 @@ class RemoteSigner:
         """The returned ``r ‖ s ‖ v`` as a canonical signature, if it recovers to this key's address."""
         if not isinstance(signature, str) or not _SIGNATURE.match(signature):
             raise SignerUnavailable(f"{self._where()} answered a malformed signature", code=BAD_SIGNATURE)
-        raw = bytes.fromhex(signature.removeprefix("0x"))
-        r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
-        v = v + 27 if v in (0, 1) else v
-        if v not in (27, 28) or not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
-            raise SignerUnavailable(f"{self._where()} answered an out-of-range signature", code=BAD_SIGNATURE)
-        if s > _HALF_N:  # the other valid s of the same signature; recovery flips with it
-            s, v = SECP256K1_N - s, 55 - v
-        rs = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        try:
-            point = PublicKey.from_signature_and_message(rs + bytes([v - 27]), digest, hasher=None)
-            recovered = to_checksum_address(keccak(point.format(compressed=False)[1:])[12:])
-        except ValueError:
-            recovered = None
-        if recovered != self._address:
-            raise SignerUnavailable(
-                f"{self._where()} returned a signature that does not recover to {self._address} "
-                "(another key signed, or the server hashed the digest again)",
-                code=BAD_SIGNATURE,
-            )
-        return SignedDigest(digest=digest, r=r, s=s, v=v, signer=self._address)
+        return checked_signature(digest, bytes.fromhex(signature.removeprefix("0x")), self._address, self._where())
 
     def __repr__(self) -> str:
         key = f"key_id={self._key_id}, " if self._key_id else ""

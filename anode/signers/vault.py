@@ -11,7 +11,10 @@ Authentication: a token (``token``, or the ``VAULT_TOKEN`` environment variable)
 (``role_id`` + ``secret_id`` → ``POST /v1/auth/{approle_mount}/login``; that short-lived token is
 revoked once the key is read). ``namespace`` sets ``X-Vault-Namespace`` (Vault Enterprise / HCP).
 The key may be stored as 64 hex digits (``0x`` optional) or, after transit, as 32 raw bytes.
-Every failure is a :class:`ConfigError` that says what to check and never shows a token or key.
+Every failure is a :class:`ConfigError` that says what to check and never shows a token or key:
+the status, the call that failed and, of Vault's own ``errors``, only those on a short list of
+Vault's fixed messages (``permission denied``, ``invalid role or secret ID``); any other text is
+left out, since a proxy in front of Vault may echo a token or a key there.
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ import httpx
 import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from anode.chain.client import redacted
 from anode.errors import ConfigError
+from anode.redact import CredentialUrl, quiet_loggers, redacted
 from anode.signers.local import LocalKeySigner
 from anode.signers.registry import SignerSettingsBase
 
 
 class Settings(SignerSettingsBase):
-    address: str  # https://vault.example:8200
+    address: CredentialUrl  # https://vault.example:8200
     auth: Literal["token", "approle"] = "token"
     token: SecretStr | None = None
     role_id: str | None = None
@@ -73,6 +76,42 @@ class Settings(SignerSettingsBase):
         return self
 
 
+#: Vault's own messages that an error may repeat (lower case); any other ``errors`` text is dropped
+VAULT_MESSAGES = frozenset(
+    {
+        "permission denied",
+        "invalid role or secret id",
+        "invalid role id",
+        "invalid secret id",
+        "missing client token",
+        "invalid token",
+        "vault is sealed",
+        "unsupported path",
+        "no handler for route",
+        "invalid ciphertext: unable to decrypt",
+        "encryption key not found",
+    }
+)
+
+
+def _errors(response: httpx.Response) -> str:
+    """Those of Vault's ``errors`` (``1 error occurred: * permission denied``) on :data:`VAULT_MESSAGES`."""
+    try:
+        errors = orjson.loads(response.content).get("errors") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    if not isinstance(errors, list):
+        return ""
+    known: list[str] = []
+    for error in errors:
+        # a multi-error is "N errors occurred:\n\t* first\n\t* second"
+        for item in str(error).split("\n"):
+            text = item.strip().removeprefix("* ").strip()
+            if text.lower() in VAULT_MESSAGES and text not in known:
+                known.append(text)
+    return "; ".join(known)
+
+
 class VaultKeySigner(LocalKeySigner):
     """A key read from Vault at start-up, held in process memory like ``local``."""
 
@@ -84,15 +123,6 @@ class VaultKeySigner(LocalKeySigner):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(secret={self._where}, address={self.address})"
-
-
-def _errors(response: httpx.Response) -> str:
-    """Vault's own ``errors`` list (``permission denied``), shortened; never request data."""
-    try:
-        errors = orjson.loads(response.content).get("errors") or []
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
-    return " ".join("; ".join(str(error) for error in errors).split())[:200]  # Vault's are multi-line
 
 
 class _Vault:
@@ -109,6 +139,7 @@ class _Vault:
         if settings.namespace:
             headers["x-vault-namespace"] = settings.namespace
         self.where = redacted(settings.address)
+        quiet_loggers()  # httpx logs every URL at INFO
         self._timeout = settings.timeout_seconds
         self._http = httpx.Client(
             base_url=settings.address, headers=headers, timeout=settings.timeout_seconds, verify=verify
@@ -132,7 +163,7 @@ class _Vault:
         if status == 503:
             raise ConfigError(f"signer: vault at {self.where} is sealed or unavailable (503{suffix})")
         if status >= 400:
-            raise ConfigError(f"signer: vault answered {status} to {what}{suffix}")
+            raise ConfigError(f"signer: vault answered {status} to {what}{suffix or ' (see its audit log)'}")
         if status == 204 or not response.content:
             return {}
         try:

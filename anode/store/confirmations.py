@@ -6,8 +6,14 @@ redeemed by a single conditional ``UPDATE`` — the database decides, so two req
 server processes) racing with one token cannot both win, and a restart forgets nothing.
 
 When a redeemed operation is not signed after all (another check refused it, the signer failed),
-``release`` makes the token usable again. Rows are kept a day past expiry (so "expired" can be
-told from "unknown"), then pruned as new tokens are issued.
+``release`` makes the token usable again.
+
+The table stays bounded whoever calls. Each API key (and "no key" on an open server) keeps at
+most ``max_pending_per_key`` unused tokens: issuing one more drops that key's oldest unused
+tokens in the same transaction (a stub call mints a token per warning, so a refusal would lock
+out every user of a busy key, while dropping the oldest only costs a user who sat on an old
+warning a new one). Expired rows are kept an hour (so "expired" can be told from "unknown"),
+then pruned by the next issue, at most every ``PRUNE_EVERY_SECONDS``.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from anode.errors import StoreUnavailable
 from anode.store.tables import metadata
 
 DEFAULT_TTL_SECONDS = 600
-KEEP_EXPIRED = timedelta(days=1)
-PRUNE_EVERY_SECONDS = 300.0
+KEEP_EXPIRED = timedelta(hours=1)
+PRUNE_EVERY_SECONDS = 60.0
+DEFAULT_MAX_PENDING_PER_KEY = 1_000
 _MAX_TOKEN_LENGTH = 128
 T = TypeVar("T")
 
@@ -44,6 +51,7 @@ confirmations = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_confirmations_expires", "expires_at"),
+    sa.Index("ix_confirmations_key_pending", "api_key_id", "used_at", "created_at"),
 )
 
 
@@ -90,9 +98,17 @@ def token_hash(token: str) -> str:
 class SqlConfirmationStore:
     """Tokens on the server's database (SQLite or PostgreSQL); blocking calls run in threads."""
 
-    def __init__(self, engine: sa.Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        clock: Callable[[], float] = time.time,
+        max_pending_per_key: int = DEFAULT_MAX_PENDING_PER_KEY,
+    ) -> None:
+        if max_pending_per_key < 1:
+            raise ValueError("max_pending_per_key must be at least 1")
         self._engine = engine
         self._clock = clock
+        self._max_pending = max_pending_per_key
         self._pruned_at = float("-inf")
 
     def _now(self) -> datetime:
@@ -120,10 +136,20 @@ class SqlConfirmationStore:
         return IssuedToken(token, expires.timestamp())
 
     def _insert(self, row: dict[str, Any], prune_before: datetime | None) -> None:
+        c = confirmations.c
+        mine = (c.api_key_id.is_not_distinct_from(row["api_key_id"]), c.used_at.is_(None))
+        # this key's unused tokens past the newest ``max_pending``: the oldest, dropped for new ones
+        surplus = (
+            sa.select(c.token_hash)
+            .where(*mine)
+            .order_by(c.created_at.desc(), c.token_hash.desc())
+            .offset(self._max_pending)
+        )
         with self._engine.begin() as connection:
             connection.execute(confirmations.insert(), row)
+            connection.execute(confirmations.delete().where(*mine, c.token_hash.in_(surplus)))
             if prune_before is not None:
-                connection.execute(confirmations.delete().where(confirmations.c.expires_at < prune_before))
+                connection.execute(confirmations.delete().where(c.expires_at < prune_before))
 
     async def redeem(self, token: str, op_digest: str, api_key_id: str | None) -> Redemption:
         if not _plausible(token):

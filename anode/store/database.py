@@ -113,7 +113,11 @@ def create_engine(url: str) -> sa.Engine:
     try:
         parsed = make_url(normalise_url(url))
     except sa.exc.ArgumentError:
-        raise ConfigError(f"database_url is not a SQLAlchemy URL: {url!r}") from None
+        scheme = url.split("://", 1)[0] if "://" in url else "(no scheme)"
+        raise ConfigError(  # not the URL itself: it may hold a password
+            f"database_url is not a SQLAlchemy URL (scheme {scheme[:32]!r}): write e.g. "
+            "sqlite:///anode.db or postgresql://user:password@host/database"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

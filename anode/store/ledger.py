@@ -4,8 +4,9 @@
 (``store/group_commit.py``). A failed write fails every request in the batch with
 ``StoreUnavailable``: nothing is signed that is not on the books.
 
-The same transaction appends each signature to the hash-chained audit log (``store/audit.py``):
-a signature is in the ledger and in the audit chain together, or in neither.
+The same transaction appends each signature to the hash-chained audit log (``store/audit.py``),
+with the row's money fields (``store/audit_ledger.py``): a signature is in the ledger and in the
+audit chain together, or in neither, and a row changed later no longer matches its record.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 
 from anode.errors import StoreUnavailable
 from anode.store import audit
+from anode.store.audit_ledger import signature_detail
 from anode.store.database import invalidate, write_lock
 from anode.store.driver import Driver
 from anode.store.group_commit import GroupCommit
@@ -64,6 +66,7 @@ class Ledger(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 100,
+        api_key_id: str | None = None,
     ) -> list[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
@@ -172,9 +175,11 @@ class SqlLedger:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 100,
+        api_key_id: str | None = None,
     ) -> list[dict[str, Any]]:
+        """Rows newest first; ``api_key_id`` keeps only the operations that key sponsored."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.find_now, sender, since, until, limit)
+        return await loop.run_in_executor(None, self.find_now, sender, since, until, limit, api_key_id)
 
     def find_now(
         self,
@@ -182,9 +187,12 @@ class SqlLedger:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 100,
+        api_key_id: str | None = None,
     ) -> list[dict[str, Any]]:
         since, until = _utc(since), _utc(until)
         query = sa.select(sponsorships).order_by(sponsorships.c.id.desc()).limit(limit)
+        if api_key_id is not None:
+            query = query.where(sponsorships.c.api_key_id == api_key_id)
         if sender is not None:
             query = query.where(sponsorships.c.sender == sender)
         if since is not None:
@@ -216,10 +224,15 @@ class _CommitFailed(Exception):
 
 
 def _audit_row(entry: SponsorshipRecord) -> dict[str, Any]:
+    """The row's audit record: who signed what, and what it may cost (``store/audit_ledger.py``)."""
+    detail = signature_detail(
+        entry_point=entry.entry_point, sender=entry.sender, nonce=entry.nonce,
+        max_gas_cost_wei=entry.max_gas_cost_wei, valid_until=entry.valid_until, valid_after=entry.valid_after,
+    )  # fmt: skip
     return {
         "kind": audit.SIGNATURE, "created_at": entry.created_at, "backend": entry.backend, "signer": entry.signer,
         "user_op_hash": entry.user_op_hash, "chain_id": entry.chain_id, "paymaster": entry.paymaster,
-        "api_key_id": entry.api_key_id, "request_id": entry.request_id,
+        "api_key_id": entry.api_key_id, "request_id": entry.request_id, "detail": detail,
     }  # fmt: skip
 
 

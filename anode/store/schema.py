@@ -1,17 +1,18 @@
 """Every table aNode keeps, gathered on one ``MetaData`` (Alembic's comparison target).
 
-Packages that own tables define them on ``anode.store.tables.metadata`` in their own module and
-are imported here, one line each. Migrations form one line of revisions (``0006`` merged the
-branches 0002-0005 had from ``0001``): a new one names the current head as its ``down_revision``.
+Each table is defined on ``anode.store.tables.metadata`` in a module of the store (the bottom of
+the line ``api → pipeline → … → store``, so nothing here reaches up) and imported here, one line
+each. Migrations form one line of revisions (``0006`` merged the branches 0002-0005 had from
+``0001``): a new one names the current head as its ``down_revision``.
 """
 
 from __future__ import annotations
 
-from anode.policy.tables import policies, policy_usage
 from anode.store.api_keys import api_keys
 from anode.store.audit import audit_head, audit_log
 from anode.store.blacklist import contract_blacklist
 from anode.store.confirmations import confirmations
+from anode.store.policies import policies, policy_usage
 from anode.store.tables import metadata, sponsorships
 
 __all__ = [

@@ -7,6 +7,8 @@ one place for the packing rules.
 
 Operations reaching a paymaster service are unsigned and often not yet estimated, so signature
 and gas fields default to empty/zero; ``require_gas_fields`` says what a final signature needs.
+A JSON ``null`` is the field left out, for every field (SDKs send ``"factoryData": null``,
+``"paymasterAndData": null``): an optional one takes its default, a required one "is required".
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class _UserOpBase(BaseModel):
 
 
 def _require(raw: dict[str, Any], names: Iterable[str], why: str) -> None:
-    missing = next((name for name in names if name not in raw), None)
+    missing = next((name for name in names if raw.get(name) is None), None)  # null is left out
     if missing is not None:
         raise InvalidRequest(f"userOp.{missing} is required {why}", field=f"userOp.{missing}")
 
@@ -154,6 +156,8 @@ def parse_user_op(raw: Any, version: EntryPointVersion) -> UserOperation:
     """Validate an RPC userOp for ``version``; errors name the offending field."""
     if not isinstance(raw, dict):
         raise InvalidRequest("userOp must be a JSON object", field="userOp")
+    if None in raw.values():  # null is the field left out
+        raw = {name: value for name, value in raw.items() if value is not None}
     model: type[UserOperationV06] | type[UserOperationV07] = (
         UserOperationV06 if version is EntryPointVersion.V06 else UserOperationV07
     )

@@ -21,14 +21,15 @@ import sqlalchemy as sa
 from eth_utils.address import to_checksum_address
 from redis.asyncio import Redis
 
+from anode.chain.cache import TTLCache
 from anode.chain.client import ChainClient
 from anode.config import validate_settings
 from anode.devchain.anvil import Anvil
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.base import Context
-from anode.pipeline.deps import Dependencies, TTLCache
+from anode.pipeline.deps import Dependencies
 from anode.pipeline.routes import Route, build_family
-from anode.pipeline.sponsor import SponsorRequest
+from anode.sponsorship import SponsorRequest
 from anode.userop.codec import parse_address
 from anode.userop.models import parse_user_op
 from anode.userop.versions import EntryPointVersion

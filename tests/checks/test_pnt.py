@@ -7,7 +7,6 @@ missing; staked and locked amounts count only with ``include_staked``; a hot sen
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
@@ -98,20 +97,10 @@ async def test_staked_and_locked_amounts_count_only_with_include_staked(
     assert (await without.run(context(node, holder))).verdict is Verdict.BLOCK
 
 
-async def test_include_staked_without_a_staking_contract_counts_no_stake_and_says_so(
-    contracts: CheckContracts, node: CountingChainClient, caplog: pytest.LogCaptureFixture
-) -> None:
-    holder = new_holder()
-    contracts.mint_pnt(holder, 50 * PNT)
-    contracts.stake_for(holder, 50 * PNT)
-    with caplog.at_level(logging.WARNING, logger="anode.pipeline"):
-        check = pnt.create(config(contracts, include_staked=True, staking_contract=None), deps(MemoryTTLCache()))
-    assert any("no staking_contract" in record.getMessage() for record in caplog.records)
-    outcome = await check.run(context(node, holder))
-    assert outcome.verdict is Verdict.BLOCK
-    assert outcome.data is not None
-    assert outcome.data["balance"]["staked"] == "0"
-    assert node.calls["eth_call"] == 1
+def test_include_staked_without_a_staking_contract_is_refused_naming_both(contracts: CheckContracts) -> None:
+    with pytest.raises(ConfigError, match="include_staked needs staking_contract") as raised:
+        pnt.create(config(contracts, include_staked=True, staking_contract=None), deps(MemoryTTLCache()))
+    assert "pnt_balance_validator" in raised.value.message
 
 
 async def test_a_hot_sender_costs_no_rpc_call(contracts: CheckContracts, node: CountingChainClient) -> None:
@@ -131,7 +120,12 @@ async def test_a_hot_sender_costs_no_rpc_call(contracts: CheckContracts, node: C
 
 async def test_a_node_that_is_down_is_an_error_not_a_zero_balance(dead_node: CountingChainClient) -> None:
     check = pnt.create(
-        {"contract_address": "0x" + "22" * 20, "min_balance": 1, "include_staked": True, "staking_contract": None},
+        {
+            "contract_address": "0x" + "22" * 20,
+            "min_balance": 1,
+            "include_staked": True,
+            "staking_contract": "0x" + "33" * 20,
+        },
         deps(MemoryTTLCache()),
     )
     with pytest.raises(ChainUnavailable, match="unreachable") as raised:

@@ -38,7 +38,7 @@ from anode.api.app import create_app
 from anode.config import validate_settings
 from anode.devchain.anvil import Anvil
 from anode.paymasters.base import ValidityWindow, eip191_digest
-from anode.pipeline.sponsor import SponsorshipService
+from anode.sponsorship import SponsorshipService
 from anode.userop.models import parse_user_op
 from anode.wiring import Anode, build
 from tests.contracts.checks import deploy_check_contracts
@@ -99,8 +99,11 @@ def settings_tree(tmp_path: Path, rpc_url: str) -> dict[str, Any]:
     }
 
 
-def build_anode(tmp_path: Path, rpc_url: str) -> Anode:
-    node = build(validate_settings(settings_tree(tmp_path, rpc_url)))
+def build_anode(tmp_path: Path, rpc_url: str, *, health_cache_seconds: float | None = None) -> Anode:
+    tree = settings_tree(tmp_path, rpc_url)
+    if health_cache_seconds is not None:
+        tree.setdefault("server", {})["health_cache_seconds"] = health_cache_seconds
+    node = build(validate_settings(tree))
     # one fixed clock: stub and final data of a test share their validity window
     now = float(int(time.time()))
     node.service = SponsorshipService(
@@ -252,11 +255,12 @@ async def test_signed_calls_record_which_key_asked(client: httpx.AsyncClient, an
     await result_of(client, "pm_getPaymasterData", params)
     body = {"jsonrpc": "2.0", "id": 1, "method": "pm_getPaymasterData", "params": params}
     assert (await anonymous.post("/api/v1/rpc", params={"apikey": OTHER_KEY}, json=body)).status_code == 200
-    rows = await ledger_rows(client)
-    ids = [row["api_key_id"] for row in rows]
-    assert len(set(ids)) == 2
-    assert None not in ids
-    assert not any(key in str(rows) for key in (API_KEY, OTHER_KEY))
+    mine = await ledger_rows(client)
+    theirs = await ledger_rows(anonymous, apikey=OTHER_KEY)  # each key sees its own rows only
+    assert len(mine) == len(theirs) == 1
+    ids = {mine[0]["api_key_id"], theirs[0]["api_key_id"]}
+    assert len(ids) == 2 and None not in ids
+    assert not any(key in str(mine + theirs) for key in (API_KEY, OTHER_KEY))
 
 
 # -- JSON-RPC envelope ------------------------------------------------------------------------
@@ -658,7 +662,7 @@ async def fake_node(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Fa
     server.router.add_post("/", node.handle)
     async with TestServer(server, host="127.0.0.1") as http:
         node.url = f"http://127.0.0.1:{http.port}"
-        anode = build_anode(tmp_path, node.url + "/")
+        anode = build_anode(tmp_path, node.url + "/", health_cache_seconds=0)  # each hit reads the node
         transport = httpx.ASGITransport(app=create_app(anode, manage_lifecycle=False))
         headers = {"authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://anode.test", headers=headers) as client:

@@ -5,7 +5,10 @@ asks the HTTP server for stub and final paymaster data for a counterfactual Simp
 deploy-and-call, signs the operation and submits ``handleOps``. The operation must succeed and
 the paymaster's deposit pay for it; a tampered signature, callData or gas fee must give AA34 and
 an expired window AA32. Every hash aNode computes is compared with the contracts' own
-``getHash`` and ``getUserOpHash``.
+``getHash`` and ``getUserOpHash``; the paymaster signature answered recovers to the signer over
+the contract's ``getHash`` of the operation exactly as answered, and the books hold that
+operation's hash, so an answer rebuilt from another operation than the one signed fails here
+(VerifyingPaymaster has no v0.8 contract).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """``anode sandbox``, the README's first command, run as a user runs it (a subprocess, here with a
-temporary workdir and free ports): it prints its URL and an example request, the request gets a
-real answer, ``GET /health`` reports each paymaster's deposit as the EntryPoint holds it, and
-Ctrl-C stops aNode and anvil.
+temporary folder, a relative ``--workdir`` and free ports): it prints its URL and an example
+request only once aNode answers there (each start checks the request right after it), the
+request gets a real answer, ``pm_sponsorUserOperation`` works (the sandbox runs the Alto
+bundler), ``GET /health`` reports each paymaster's deposit as the EntryPoint holds it, the
+written config works from any folder, a taken port is one line naming its option, and Ctrl-C
+stops aNode, Alto and anvil with status 130 however the parent set SIGINT.
 """
 
 from __future__ import annotations
@@ -9,21 +12,25 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
-from anode.devchain.anvil import _port_is_free, free_port
+from anode.devchain.anvil import free_port, port_is_free
 from anode.devchain.artifacts import node_modules_available
+from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc, encode_call
 from tests.support.onchain import get_deposit
+from tests.support.wallet import Client, rpc_op, with_paymaster
 
 pytestmark = [
     pytest.mark.chain,
@@ -32,12 +39,14 @@ pytestmark = [
 
 #: anvil's first funded, unlocked account: tops up a deposit
 ANVIL_ACCOUNT_0 = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
+_GAS_FIELDS = ("callGasLimit", "verificationGasLimit", "preVerificationGas")
 
 
 @dataclass
 class Sandbox:
     process: subprocess.Popen[bytes]
     output: Path
+    folder: Path  # the directory it was started in; its files are in folder/.anode
     url: str
     rpc_url: str
     anvil_port: int
@@ -45,6 +54,17 @@ class Sandbox:
 
     def printed(self) -> str:
         return self.output.read_text()
+
+    def client(self, version: str) -> Client:
+        chain = _Chain(self.rpc_url)
+        return Client(self.url, chain, Deployment(**self.deployment), version)  # type: ignore[arg-type]
+
+
+@dataclass
+class _Chain:
+    """What :class:`tests.support.wallet.Client` reads of an ``Anvil``: the sandbox runs its own."""
+
+    rpc_url: str
 
 
 def _wait_for(output: Path, process: subprocess.Popen[bytes], pattern: str, timeout: float) -> re.Match[str]:
@@ -59,36 +79,58 @@ def _wait_for(output: Path, process: subprocess.Popen[bytes], pattern: str, time
     raise AssertionError(f"anode sandbox printed no {pattern!r} in {timeout:g} s:\n{output.read_text()[-3000:]}")
 
 
+def _command(port: int, anvil_port: int) -> list[str]:
+    return [sys.executable, "-m", "anode.cli", "sandbox", "--workdir", ".anode", "--port", str(port),
+            "--anvil-port", str(anvil_port)]  # fmt: skip
+
+
+def _sigint(handler: signal.Handlers) -> Callable[[], None]:
+    """For ``preexec_fn``: the child starts with SIGINT set to ``handler``, as a shell would leave it."""
+
+    def set_sigint() -> None:
+        signal.signal(signal.SIGINT, handler)
+
+    return set_sigint
+
+
+def _start(folder: Path, sigint: signal.Handlers = signal.SIG_DFL) -> Sandbox:
+    folder.mkdir(parents=True, exist_ok=True)
+    port, anvil_port = free_port(), free_port()
+    output = folder / "output.txt"
+    with open(output, "wb") as sink:  # not a terminal: stdout is block-buffered unless flushed
+        process = subprocess.Popen(
+            _command(port, anvil_port), cwd=folder, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=_sigint(sigint)
+        )
+    try:
+        url = _wait_for(output, process, r"serving on (http://\S+)", 120).group(1)
+    except BaseException:
+        _stop(process)
+        raise
+    assert url == f"http://127.0.0.1:{port}"
+    # printed once aNode answers there: the first request right after it is aNode's, with no retry
+    first = httpx.get(url + "/", timeout=5)
+    assert first.status_code == 200 and first.json()["name"] == "aNode", first.text
+    deployment = json.loads((folder / ".anode" / "deployment.json").read_text())
+    return Sandbox(process, output, folder, url, f"http://127.0.0.1:{anvil_port}", anvil_port, deployment)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    workdir = tmp_path_factory.mktemp("sandbox")
-    port, anvil_port = free_port(), free_port()
-    output = workdir / "output.txt"
-    command = [sys.executable, "-m", "anode.cli", "sandbox", "--workdir", str(workdir / ".anode")]
-    command += ["--port", str(port), "--anvil-port", str(anvil_port)]
-    with open(output, "wb") as sink:  # not a terminal: stdout is block-buffered unless flushed
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    running = _start(tmp_path_factory.mktemp("sandbox"))
     try:
-        url = _wait_for(output, process, r"serving on (http://\S+)", 90).group(1)
-        assert url == f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:  # the URL is printed just before uvicorn binds
-            try:
-                httpx.get(f"{url}/openapi.json", timeout=1.0).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
-                time.sleep(0.1)
-        deployment = json.loads((workdir / ".anode" / "deployment.json").read_text())
-        yield Sandbox(process, output, url, f"http://127.0.0.1:{anvil_port}", anvil_port, deployment)
+        yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(running.process)
 
 
 def test_the_printed_example_request_gets_paymaster_data(sandbox: Sandbox) -> None:
@@ -107,6 +149,54 @@ def test_the_printed_example_request_gets_paymaster_data(sandbox: Sandbox) -> No
         endpoint, json={"jsonrpc": "2.0", "id": 2, "method": "pm_supportedEntryPoints", "params": []}, timeout=10
     ).json()["result"]
     assert sorted(served) == sorted(sandbox.deployment["entry_points"].values())
+
+
+@pytest.mark.parametrize("version", ["v0.6", "v0.7", "v0.8"])
+def test_pm_sponsor_user_operation_works_in_the_sandbox(sandbox: Sandbox, version: str) -> None:
+    """The sandbox's bundler (Alto) estimates; the signed operation then executes on the chain."""
+    assert re.search(r"bundler \(Alto.*\): http://127\.0\.0\.1:\d+", sandbox.printed()), sandbox.printed()
+    client = sandbox.client(version)
+    op = client.new_op()
+    fields = {name: value for name, value in rpc_op(op, version).items() if name not in _GAS_FIELDS}
+    reply = httpx.post(
+        f"{sandbox.url}/api/v1/rpc",
+        json={"jsonrpc": "2.0", "id": 1, "method": "pm_sponsorUserOperation", "params": [fields, client.entry_point]},
+        timeout=60,
+    ).json()
+    assert "result" in reply, reply
+    result = reply["result"]
+    gas = {name: int(result[name], 16) for name in _GAS_FIELDS}
+    estimated = replace(
+        op,
+        call_gas_limit=gas["callGasLimit"],
+        verification_gas_limit=gas["verificationGasLimit"],
+        pre_verification_gas=gas["preVerificationGas"],
+    )
+    outcome = client.submit(with_paymaster(estimated, version, result))
+    assert outcome.success, outcome.reason
+
+
+def test_the_written_config_works_from_any_folder(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The config names its database by an absolute path: ``anode ops list`` elsewhere reads the same ledger."""
+    config_path = sandbox.folder / ".anode" / "sandbox.yaml"
+    database_url = yaml.safe_load(config_path.read_text())["database_url"]
+    assert database_url == f"sqlite:///{(sandbox.folder / '.anode' / 'sandbox.db').resolve()}"
+    client = sandbox.client("v0.7")
+    op = client.new_op()
+    client.call("pm_getPaymasterData", op)  # one recorded sponsorship
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    listed = subprocess.run(
+        [sys.executable, "-m", "anode.cli", "ops", "list", "--config", str(config_path), "--sender", op.sender],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert op.sender.lower() in listed.stdout.lower(), listed.stdout
+    assert not list(elsewhere.iterdir()), "a new database was created in the current folder"
 
 
 def test_health_reports_each_paymasters_deposit_as_the_entry_point_holds_it(sandbox: Sandbox) -> None:
@@ -130,9 +220,39 @@ def test_health_reports_each_paymasters_deposit_as_the_entry_point_holds_it(sand
     assert len(set(reported.values())) > 1, reported
 
 
-def test_ctrl_c_stops_anode_and_anvil(sandbox: Sandbox) -> None:
-    sandbox.process.send_signal(signal.SIGINT)
-    assert sandbox.process.wait(timeout=20) == 130
-    printed = sandbox.printed()
+@pytest.mark.parametrize(
+    "parent_sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored-as-by-nohup"]
+)
+def test_ctrl_c_stops_anode_and_anvil(tmp_path: Path, parent_sigint: signal.Handlers) -> None:
+    """Exit status 130 and nothing left running, whether the shell left SIGINT default or ignored."""
+    running = _start(tmp_path / "ctrl-c", sigint=parent_sigint)
+    bundler_port = int(re.search(r"bundler \(Alto.*\): http://127\.0\.0\.1:(\d+)", running.printed()).group(1))  # type: ignore[union-attr]
+    running.process.send_signal(signal.SIGINT)
+    try:
+        code = running.process.wait(timeout=30)
+    finally:
+        _stop(running.process)
+    assert code == 130, running.printed()[-3000:]
+    printed = running.printed()
     assert "Traceback" not in printed and "Unclosed client session" not in printed, printed
-    assert _port_is_free(sandbox.anvil_port), "anvil outlived the sandbox"
+    assert port_is_free(running.anvil_port), "anvil outlived the sandbox"
+    assert port_is_free(bundler_port), "Alto outlived the sandbox"
+
+
+@pytest.mark.parametrize("which", ["--anvil-port", "--port"])
+def test_a_taken_port_is_one_line_naming_its_option(tmp_path: Path, which: str) -> None:
+    """Refused before anything starts: no traceback, nothing deployed, no URL of someone else's server."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        port, anvil_port = (free_port(), taken) if which == "--anvil-port" else (taken, free_port())
+        done = subprocess.run(
+            _command(port, anvil_port), cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert which in lines[0] and str(taken) in lines[0], lines[0]
+    assert "serving on" not in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / ".anode" / "deployment.json").exists()

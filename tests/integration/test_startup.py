@@ -32,12 +32,13 @@ def write_config(tmp_path: Path, tree: dict[str, Any]) -> Path:
     return path
 
 
-def serve_command(config: Path, port: int, workers: int = 1) -> list[str]:
+def serve_command(config: Path, port: int, workers: int | None = 1) -> list[str]:
+    """``anode serve``; ``workers=None``: no ``--workers`` (the file's ``server.workers`` decides)."""
     command = [sys.executable, "-m", "anode.cli", "serve", "--config", str(config), "--port", str(port)]
-    return [*command, "--workers", str(workers)]
+    return command if workers is None else [*command, "--workers", str(workers)]
 
 
-def refused(tmp_path: Path, tree: dict[str, Any], workers: int = 1) -> str:
+def refused(tmp_path: Path, tree: dict[str, Any], workers: int | None = 1) -> str:
     """Run ``anode serve`` with ``tree``, expect it to refuse; return its one ``anode:`` line."""
     done = subprocess.run(
         serve_command(write_config(tmp_path, tree), free_port(), workers), capture_output=True, text=True, timeout=60
@@ -124,3 +125,33 @@ def test_an_open_server_warns_loudly_at_start_up(tmp_path: Path, anvil: Anvil, d
     assert len(warnings) == 1, log
     assert " WARNING anode: " in warnings[0]
     assert "anyone who can reach this server can spend the paymaster deposit" in warnings[0]
+
+
+# -- settings accepted and then without effect: refused before anything starts -----------------
+
+BUDGET = {"id": "budget", "name": "a budget", "type": "global", "rate_limits": [{"type": "request", "limit": 10}]}
+
+
+def test_policies_without_the_policy_engine_refuse_to_start(
+    tmp_path: Path, anvil: Anvil, deployment: Deployment
+) -> None:
+    tree = server_config(anvil, deployment, "0x" + "5a" * 32, [("verifying", "v0.7")])
+    tree["policies"] = [BUDGET]  # the default pipeline (the signer alone) would never enforce it
+    line = refused(tmp_path, tree)
+    assert line.startswith("anode: policies: are configured, but pipeline.modules has no enabled policy_engine")
+    assert "add `- name: policy_engine` to pipeline.modules" in line
+
+
+@pytest.mark.parametrize("workers_from", ["--workers", "server.workers"])
+def test_a_memory_limiter_with_several_workers_refuses_to_start(
+    tmp_path: Path, anvil: Anvil, deployment: Deployment, workers_from: str
+) -> None:
+    tree = server_config(anvil, deployment, "0x" + "5a" * 32, [("verifying", "v0.7")])
+    engine = {"name": "policy_engine", "config": {"limiter": "memory"}}
+    tree["pipeline"] = {"modules": [engine, {"name": "paymaster_signer"}]}
+    if workers_from == "server.workers":
+        tree["server"] = {"workers": 2}
+        line = refused(tmp_path, tree, workers=None)
+    else:
+        line = refused(tmp_path, tree, workers=2)
+    assert line.startswith("anode: policy_engine.config.limiter is memory, but 2 worker processes would each keep")

@@ -186,7 +186,7 @@ async def test_the_writer_stores_exactly_what_sqlalchemy_would(ledger: SqlLedger
         checked = audit.verify(engine)
         assert checked.ok and checked.records == 1, checked.message
         (chained,) = audit.records(engine, kind=audit.SIGNATURE)
-        assert chained["user_op_hash"] == op_hash(1) and chained["detail"] is None
+        assert chained["user_op_hash"] == op_hash(1) and chained["detail"]["nonce"] == str(2**255 + 3)
     finally:
         engine.dispose()
 

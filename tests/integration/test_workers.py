@@ -1,12 +1,14 @@
 """``anode serve --workers 2``: two processes share the port, the ledger and the audit chain.
 
-Every signed operation is recorded exactly once, and the hash chain the two processes append to
-stays unbroken (``anode audit verify``).
+Both processes serve requests (each reports its own pid and counts in ``GET /metrics``), every
+signed operation is recorded exactly once, and the hash chain the two processes append to stays
+unbroken (``anode audit verify``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,24 @@ from tests.support.server import running_server
 from tests.support.wallet import server_config
 
 REQUESTS = 120
+#: fresh connections to ``/metrics`` before giving up on meeting both workers (each is a coin toss)
+SCRAPES = 200
+_PID = re.compile(r'^anode_worker_info\{pid="(\d+)"\} 1\.0$', re.MULTILINE)
+_SIGNED = re.compile(r'^anode_sponsorships_total\{method="pm_getPaymasterData",result="ok"\} (\d+)\.0$', re.MULTILINE)
+
+
+def _signed_per_worker(url: str) -> dict[int, int]:
+    """Each worker's own count of signed pm_getPaymasterData calls, by its pid, as its
+    ``/metrics`` says; every scrape is a new connection, which either worker may accept."""
+    counts: dict[int, int] = {}
+    for _ in range(SCRAPES):
+        text = httpx.get(f"{url}/metrics", headers={"connection": "close"}).text
+        (pid,) = _PID.findall(text)
+        signed = _SIGNED.findall(text)
+        counts[int(pid)] = int(signed[0]) if signed else 0
+        if len(counts) == 2:
+            break
+    return counts
 
 
 async def _sponsor_many(url: str, entry_point: str, chain_id: int) -> list[dict[str, Any]]:
@@ -57,6 +77,10 @@ def test_two_workers_record_every_signature_on_one_audit_chain(
     with running_server(config, workers=2) as url:
         replies = asyncio.run(_sponsor_many(url, deployment.entry_points["v0.7"], deployment.chain_id))
         assert all("result" in reply for reply in replies), [r for r in replies if "result" not in r][:1]
+        per_worker = _signed_per_worker(url)
+        assert len(per_worker) == 2, f"one worker answered {SCRAPES} scrapes of /metrics: {per_worker}"
+        assert all(signed > 0 for signed in per_worker.values()), f"a worker signed nothing: {per_worker}"
+        assert sum(per_worker.values()) == REQUESTS
         books = httpx.get(f"{url}/api/v1/operations", params={"limit": 1000}).json()
         assert books["count"] == REQUESTS
         assert len({row["user_op_hash"] for row in books["operations"]}) == REQUESTS

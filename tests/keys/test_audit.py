@@ -18,8 +18,10 @@ import yaml
 
 from anode.errors import StoreUnavailable
 from anode.store import audit
+from anode.store.audit_ledger import cross_check
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import SponsorshipRecord, SqlLedger
+from anode.store.tables import sponsorships
 from tests.keys.conftest import ADDRESS_9, KEY_9
 
 PAYMASTER = "0x" + "5A" * 20
@@ -210,3 +212,120 @@ async def test_anode_audit_verify_exits_non_zero_on_a_broken_chain(tmp_path: Pat
     broken = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert broken.returncode == 1
     assert "audit chain BROKEN (removed): record 2 was removed" in broken.stderr
+
+
+# -- the ledger against the chain ---------------------------------------------------------------
+
+
+async def test_each_signature_record_covers_its_rows_money_fields(engine: sa.Engine, database_url: str) -> None:
+    await write(database_url, range(3))
+    detail = {row["user_op_hash"]: row["detail"] for row in audit.records(engine)}["0x" + (2).to_bytes(32, "big").hex()]
+    assert detail == {
+        "v": 2, "entry_point": "0x" + "00" * 20, "sender": "0x" + "11" * 20, "nonce": "2",
+        "max_gas_cost_wei": str(10**18), "valid_until": 2_000_000_002, "valid_after": 0,
+    }  # fmt: skip
+    check = cross_check(engine)
+    assert check.ok and (check.rows, check.uncovered, check.predating) == (3, 0, 0), check.problems
+
+
+LEDGER_TAMPERING: dict[str, tuple[str, str]] = {
+    "the maximum cost lowered": (
+        "UPDATE sponsorships SET max_gas_cost_wei = 1 WHERE id = 3",
+        "ledger row 3 (userOp 0x{op3} on chain 31337) was changed: max_gas_cost_wei is 1 in the ledger, "
+        "1000000000000000000 in the record (audit record 3)",
+    ),
+    "the sender changed": (
+        "UPDATE sponsorships SET sender = '0x2222222222222222222222222222222222222222' WHERE id = 3",
+        "ledger row 3 (userOp 0x{op3} on chain 31337) was changed: sender is 0x2222",
+    ),
+    "the nonce changed": ("UPDATE sponsorships SET nonce = 77 WHERE id = 3", "nonce is 77 in the ledger, 2 in"),
+    "the window widened": (
+        "UPDATE sponsorships SET valid_until = 2100000000, valid_after = 5 WHERE id = 3",
+        "valid_until is 2100000000 in the ledger, 2000000002 in the record; valid_after is 5 in the ledger",
+    ),
+    "a row deleted": (
+        "DELETE FROM sponsorships WHERE id = 3",
+        "the ledger row of audit record 3 (userOp 0x{op3} on chain 31337, signed ",
+    ),
+    "a row's userOp hash changed": (
+        "UPDATE sponsorships SET user_op_hash = '0x{ee}' WHERE id = 3",
+        "ledger row 3 (userOp 0x{ee} on chain 31337) is in no audit record",
+    ),
+}
+
+
+@pytest.mark.parametrize("tampering", list(LEDGER_TAMPERING))
+async def test_cross_check_names_an_edited_or_deleted_ledger_row(
+    tampering: str, engine: sa.Engine, database_url: str
+) -> None:
+    for index in range(5):  # one transaction each: ledger row id = audit seq = index + 1
+        await write(database_url, range(index, index + 1))
+    assert cross_check(engine).ok
+    statement, message = LEDGER_TAMPERING[tampering]
+    names = {"op3": (2).to_bytes(32, "big").hex(), "ee": "ee" * 32}
+    with engine.begin() as connection:
+        connection.execute(sa.text(statement.format(**names)))
+    assert audit.verify(engine).ok  # the chain itself is untouched
+    check = cross_check(engine)
+    assert not check.ok
+    assert any(message.format(**names) in problem for problem in check.problems), check.problems
+    assert check.problem_count == len(check.problems) <= 2
+
+
+def _ledger_values(entry: SponsorshipRecord) -> dict[str, object]:
+    return {column.name: getattr(entry, column.name) for column in sponsorships.c if column.name != "id"}
+
+
+async def test_records_of_the_first_format_still_verify_and_pair(engine: sa.Engine, database_url: str) -> None:
+    """A database written before records carried money fields: its chain verifies, its rows pair
+    on the fields their records cover, and a deleted one is still found."""
+    await write(database_url, range(2))  # format 2
+    old = record(7)
+    with engine.begin() as connection:  # as the ledger wrote rows and records before format 2
+        connection.execute(sponsorships.insert().values(**_ledger_values(old)))
+        audit.append(
+            connection,
+            [
+                audit.AuditEntry(
+                    audit.SIGNATURE, old.created_at, signer=old.signer, backend=old.backend,
+                    user_op_hash=old.user_op_hash, chain_id=old.chain_id, paymaster=old.paymaster,
+                    api_key_id=old.api_key_id, request_id=old.request_id,
+                )
+            ],
+        )  # fmt: skip
+    assert audit.verify(engine).ok
+    check = cross_check(engine)
+    assert check.ok and (check.rows, check.uncovered) == (3, 1), check.problems
+    with engine.begin() as connection:
+        connection.execute(sponsorships.delete().where(sponsorships.c.user_op_hash == old.user_op_hash))
+    check = cross_check(engine)
+    assert not check.ok and "the ledger row of audit record 3" in check.problems[0]
+
+
+async def test_ledger_rows_older_than_the_audit_log_are_counted_not_reported(engine: sa.Engine) -> None:
+    old = record(1)
+    with engine.begin() as connection:
+        connection.execute(sponsorships.insert().values(**{**_ledger_values(old), "created_at": T0}))
+    check = cross_check(engine)
+    assert check.ok and (check.rows, check.predating) == (1, 1)
+
+
+async def test_anode_audit_verify_exits_non_zero_on_an_edited_or_deleted_ledger_row(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'anode.db'}"
+    engine = create_engine(url)
+    upgrade(engine)
+    for index in range(4):
+        await write(url, range(index, index + 1))
+    command = [sys.executable, "-m", "anode.cli", "audit", "verify", "--config", str(_config(tmp_path, url))]
+    intact = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert intact.returncode == 0, intact.stderr
+    assert "ledger matches the audit chain: 4 row(s)" in intact.stdout
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE sponsorships SET max_gas_cost_wei = 5 WHERE id = 2"))
+        connection.execute(sa.text("DELETE FROM sponsorships WHERE id = 4"))
+    engine.dispose()
+    broken = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert broken.returncode == 1, broken.stdout
+    assert "ledger does NOT match the audit chain: 2 problem(s)" in broken.stderr
+    assert "ledger row 2 " in broken.stderr and "max_gas_cost_wei is 5 in the ledger" in broken.stderr
+    assert "the ledger row of audit record 4 " in broken.stderr

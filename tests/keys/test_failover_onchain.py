@@ -79,7 +79,7 @@ def backends_in_audit(app: App) -> dict[str, int]:
 
     from anode.store.audit import audit_log
 
-    engine = sa.create_engine(app.anode.settings.database_url)
+    engine = sa.create_engine(app.anode.settings.database_url.get_secret_value())
     try:
         with engine.connect() as connection:
             rows = connection.execute(

@@ -21,7 +21,8 @@ from anode.config import validate_settings
 from anode.errors import ConfigError, SignerUnavailable
 from anode.metrics import Metrics
 from anode.signers.base import EIP191_PREFIX
-from anode.signers.manager import ManagedSignature, ManagedSigner, PaymasterTarget, recovered_address
+from anode.signers.ecdsa import recovered_address
+from anode.signers.manager import ManagedSignature, ManagedSigner, PaymasterTarget
 from anode.signers.manager_settings import ManagerSettings, signer_config
 from anode.signers.registry import SignerSettingsBase
 from tests.keys import fakes

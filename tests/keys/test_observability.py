@@ -65,7 +65,7 @@ async def test_metrics_count_per_app_and_request_ids_reach_the_audit_log(
         assert re.fullmatch(r"[0-9a-f]{16}", odd.headers["x-request-id"])
         text = (await first.http.get("/metrics")).text
         other = (await second.http.get("/metrics")).text
-        records = audit_records(first.anode.settings.database_url)
+        records = audit_records(first.anode.settings.database_url.get_secret_value())
 
     assert metric(text, "anode_sponsorships_total", method="pm_getPaymasterData", result="ok") == 2
     assert metric(text, "anode_sponsorships_total", method="pm_getPaymasterStubData", result="ok") == 1
@@ -149,7 +149,7 @@ async def test_no_key_material_in_logs_responses_or_reprs_across_a_sponsorship(
         seen += [rest.text, str(refused)]
         seen += [repr(app.anode), repr(app.anode.signer), repr(app.anode.settings), str(app.anode.settings)]
         seen += [repr(app.anode.settings.signer), app.anode.settings.model_dump_json()]
-        seen += [str(record) for record in audit_records(app.anode.settings.database_url)]
+        seen += [str(record) for record in audit_records(app.anode.settings.database_url.get_secret_value())]
     text = caplog.text + "\n".join(seen)
     assert "primary:local" in text and ADDRESS_9 in text  # the haystack is the real one
     assert caplog.records, "nothing was logged: the test would prove nothing"

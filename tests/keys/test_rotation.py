@@ -25,11 +25,11 @@ import yaml
 from eth_account import Account
 from eth_utils.address import to_checksum_address
 
+from anode.custody.rotation import ContractCall, RotationProof, rotation_hash, sign_proof, signed_transaction
 from anode.devchain.anvil import DEFAULT_ACCOUNT_KEYS, Anvil
 from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc, encode_call
 from anode.signers.local import LocalKeySigner
-from anode.signers.rotation import ContractCall, RotationProof, rotation_hash, sign_proof, signed_transaction
 from anode.store import audit
 from anode.store.database import create_engine
 from tests.keys.conftest import ADDRESS_6, ADDRESS_7, ADDRESS_9, KEY_6, KEY_7, KEY_9

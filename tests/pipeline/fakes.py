@@ -29,6 +29,8 @@ class Config(BaseModel):
     fail: bool = False
     #: seconds to take before deciding
     delay_s: float = 0.0
+    #: shape the operation on its way (``ctx.op``): this paymaster verification gas limit
+    paymaster_gas: int | None = None
 
 
 class FakeModule:
@@ -51,6 +53,8 @@ class FakeModule:
             raise ChainUnavailable(f"{self.name}: the node is down")
         if self.config.delay_s:
             await asyncio.sleep(self.config.delay_s)
+        if self.config.paymaster_gas is not None:
+            ctx.op = ctx.op.model_copy(update={"paymaster_verification_gas_limit": self.config.paymaster_gas})
         if self.config.reserve and ctx.final:
 
             async def undo() -> None:

@@ -18,12 +18,20 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from eth_account import Account
+from eth_account.messages import encode_defunct
 
 from anode.api.app import create_app
 from anode.config import validate_settings
 from anode.errors import ConfigError, SignerUnavailable
+from anode.paymasters.base import GasDefaults, ValidityWindow
+from anode.paymasters.verifying import VerifyingPaymaster
 from anode.pipeline import registry
 from anode.signers.base import SignedDigest
+from anode.userop.codec import parse_address, to_hex
+from anode.userop.hashing import user_op_hash
+from anode.userop.models import parse_user_op
+from anode.userop.versions import EntryPointVersion
 from anode.wiring import Anode, build
 from tests.pipeline import fakes
 from tests.support.fake_bundler import FakeBundler
@@ -32,6 +40,7 @@ EP07 = "0x0000000071727De22E5E9d8BAf0edAc6f37da032"
 PM07 = "0x0707070707070707070707070707070707070707"
 PROJECT_KEY = "project-key-1"
 ADMIN_KEY = "admin-key-1"
+SIGNER = Account.from_key("0x" + "5a" * 32).address
 OP = {
     "sender": "0x" + "a1" * 20,
     "nonce": "0x1",
@@ -286,6 +295,36 @@ async def test_sponsor_user_operation_checks_first_and_reserves_once_on_the_esti
     estimated = (0x20000 + 0x30000 + 0x6000) * 0x3B9ACA00  # on top of the paymaster's own gas limits
     assert final == preflight + estimated, "the reservation counts the estimated limits"
     assert fakes.UNDONE == []
+
+
+def _answered_op(reply: dict[str, Any], request: dict[str, Any]) -> Any:
+    """The operation a wallet submits: its own fields, with the answer's fields over them."""
+    fields = {**request, **reply["result"]}
+    return parse_user_op(fields, EntryPointVersion.V07)
+
+
+@pytest.mark.parametrize("method", ["pm_getPaymasterData", "pm_sponsorUserOperation"])
+async def test_the_answer_is_the_operation_that_was_signed(make_client: Any, method: str) -> None:
+    """A module shapes the operation (here its paymaster gas limit): the signature in the answer
+    recovers to the paymaster's signer over the getHash of the operation the answer describes,
+    and the recorded userOp hash is that operation's."""
+    client, _ = await make_client([module("policy_a", stage="policy", paymaster_gas=0x12345), SIGN], with_bundler=True)
+    request = OP if method == "pm_getPaymasterData" else UNESTIMATED
+    params = [request, EP07, "0x7a69", {}] if method == "pm_getPaymasterData" else [request, EP07]
+    reply = await rpc(client, method, params)
+    answered = _answered_op(reply, request)
+    family = VerifyingPaymaster(parse_address(PM07), EntryPointVersion.V07, GasDefaults(0, 0))
+    window = ValidityWindow(
+        int.from_bytes(answered.paymaster_data[:32], "big"), int.from_bytes(answered.paymaster_data[32:64], "big")
+    )
+    digest = family.digest(answered, window, 31337, 0)
+    signature = answered.paymaster_data[64:]
+    assert Account.recover_message(encode_defunct(primitive=digest), signature=signature) == SIGNER
+    assert answered.paymaster_verification_gas_limit == 0x12345, "the limit the module set is the one answered"
+    (row,) = (await client.get("/api/v1/operations", headers={"authorization": f"Bearer {ADMIN_KEY}"})).json()[
+        "operations"
+    ]
+    assert row["user_op_hash"] == to_hex(user_op_hash(answered, EntryPointVersion.V07, parse_address(EP07), 31337))
 
 
 async def test_admin_endpoints_need_an_admin_key(make_client: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from eth_abi.abi import encode
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
@@ -392,13 +393,30 @@ async def test_limit_store_down_refuses_and_signs_nothing(make_anode: Callable[.
             await module.aclose()  # type: ignore[attr-defined]
 
 
-async def test_without_the_engine_the_policies_api_says_so(make_anode: Callable[..., Anode]) -> None:
+async def test_without_the_engine_the_policies_api_refuses_and_stores_nothing(
+    make_anode: Callable[..., Anode], tmp_path: Path
+) -> None:
+    """A policy written while no engine runs would be stored and never enforced: 409, nothing kept."""
     node = make_anode(pipeline={"modules": [{"name": "paymaster_signer"}]})
     try:
         async with client_of(node, ADMIN_KEY) as client:
-            response = await client.get("/api/v1/policies")
-            assert response.status_code == 404
-            assert response.json()["error"]["code"] == "ANODE_POLICY_ENGINE_DISABLED"
+            calls = [
+                client.post("/api/v1/policies", json=policy(id="ignored")),
+                client.put("/api/v1/policies/ignored", json=policy(id="ignored")),
+                client.delete("/api/v1/policies/ignored"),
+                client.get("/api/v1/policies"),
+                client.get("/api/v1/policies/ignored"),
+                client.get("/api/v1/policies/ignored/status"),
+            ]
+            for response in [await call for call in calls]:
+                assert response.status_code == 409, response.text
+                error = response.json()["error"]
+                assert error["code"] == "ANODE_POLICY_ENGINE_OFF"
+                assert "pipeline.modules: policy_engine" in error["message"]
+            engine = sa.create_engine(f"sqlite:///{tmp_path / 'anode.db'}")
+            with engine.connect() as connection:
+                assert connection.execute(sa.text("SELECT count(*) FROM policies")).scalar_one() == 0
+            engine.dispose()
             # and its dry run agrees with its real calls: nothing in policies stops it sponsoring
             dry = await rpc(client, "pm_validateSponsorshipPolicies", [user_op(), EP07, []])
             assert [(e["sponsorshipPolicyId"], e["data"]["sponsoredByDefault"]) for e in dry["result"]] == [

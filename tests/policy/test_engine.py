@@ -16,13 +16,16 @@ import pytest
 import sqlalchemy as sa
 from eth_abi.abi import encode
 
+from anode.chain.cache import MemoryTTLCache
 from anode.errors import ConfigError
 from anode.paymasters.base import GasDefaults
-from anode.pipeline.base import Context, Verdict
+from anode.pipeline.base import Context, Outcome, Verdict
 from anode.pipeline.modules.policy_engine import PolicyEngineModule, operation_from, operation_of
+from anode.pipeline.modules.security import Config as SecurityConfig
+from anode.pipeline.modules.security import SecurityFilter
 from anode.pipeline.routes import Route, build_family
+from anode.pipeline.runner import Pipeline
 from anode.pipeline.security.decode import EXECUTE, EXECUTE_7579
-from anode.pipeline.sponsor import SponsorRequest
 from anode.policy.calls import Call
 from anode.policy.engine import Operation, PolicyEngine
 from anode.policy.evaluate import CONDITION_FAILED, LIMIT_EXCEEDED, NO_POLICY, OpFacts
@@ -30,6 +33,8 @@ from anode.policy.limits import MemoryLimiter
 from anode.policy.models import Policy
 from anode.policy.repository import PolicyRepository
 from anode.policy.webhooks import WebhookClient
+from anode.sponsorship import SponsorRequest
+from anode.store.confirmations import SqlConfirmationStore
 from anode.userop.codec import parse_address
 from anode.userop.models import parse_user_op
 from anode.userop.versions import EntryPointVersion
@@ -205,12 +210,14 @@ async def test_status_shows_usage_remaining_and_reset_per_limit(engine: PolicyEn
 # -- the pipeline module ----------------------------------------------------------------------
 
 
-def route() -> Route:
+def route(node: Any = None) -> Route:
     family = build_family("verifying", parse_address(PAYMASTER), EntryPointVersion.V07, GasDefaults(100_000, 0))
-    return Route(31337, parse_address(EP07), EntryPointVersion.V07, family, None, None)  # type: ignore[arg-type]
+    return Route(31337, parse_address(EP07), EntryPointVersion.V07, family, node, None)
 
 
-def context(*, final: bool, call_data: bytes, request_context: dict[str, Any] | None = None) -> Context:
+def context(
+    *, final: bool, call_data: bytes, request_context: dict[str, Any] | None = None, node: Any = None
+) -> Context:
     raw = {
         "sender": SENDER,
         "nonce": "0x1",
@@ -223,7 +230,7 @@ def context(*, final: bool, call_data: bytes, request_context: dict[str, Any] | 
     }
     op = parse_user_op(raw, EntryPointVersion.V07)
     request = SponsorRequest(raw, EP07, 31337, request_context, "pm_getPaymasterData")
-    return Context(route(), op, request, None, final, op.max_gas_cost())
+    return Context(route(node), op, request, None, final, op.max_gas_cost())
 
 
 CALL_TOKEN = EXECUTE + encode(["address", "uint256", "bytes"], [TOKEN, 0, bytes.fromhex(TRANSFER[2:])])
@@ -234,7 +241,7 @@ async def test_the_module_reserves_for_final_data_and_leaves_a_compensation(engi
     module = PolicyEngineModule(engine)
     ctx = context(final=True, call_data=CALL_TOKEN)
     outcome = await module.run(ctx)
-    assert outcome.verdict is Verdict.CONTINUE and ctx.facts["policies"] == ["token"]
+    assert outcome.verdict is Verdict.CONTINUE and outcome.data == {"policies": ["token"]}
     assert len(ctx.compensations) == 1
     again = await module.run(context(final=True, call_data=CALL_TOKEN))
     assert again.verdict is Verdict.BLOCK and again.code == LIMIT_EXCEEDED
@@ -248,46 +255,66 @@ MINT_NFT_7579 = EXECUTE_7579 + encode(
 )
 
 
-def as_the_security_filter_leaves_it(ctx: Context) -> Context:
-    """``ctx.facts`` as ``security_filter`` leaves it for the policy stage: the callData decoded
-    once (``ctx.decoded()``, what the policy engine reads) and its calls."""
-    ctx.facts["calls"] = list(ctx.decoded().calls)
-    return ctx
+class OldContracts:
+    """A node on which every address holds code deployed long ago: the security filter lets
+    everything here through with a low score, so only the policy engine decides."""
+
+    async def request(self, method: str, params: list[Any]) -> Any:
+        return hex(1_000_000) if method == "eth_blockNumber" else "0x6000"
 
 
-async def test_an_erc7579_op_gets_the_same_answer_from_the_dry_run_and_the_pipeline(engine: PolicyEngine) -> None:
+@pytest.fixture
+def pipelines(engine: PolicyEngine, sqlite_engine: sa.Engine) -> dict[str, Pipeline]:
+    """The policy engine alone, and with the real security filter in front of it."""
+    module = PolicyEngineModule(engine)
+    security = SecurityFilter(SecurityConfig(), MemoryTTLCache(), SqlConfirmationStore(sqlite_engine))
+    return {"alone": Pipeline([module]), "filtered": Pipeline([security, module])}
+
+
+async def through(pipeline: Pipeline, call_data: bytes) -> tuple[Context, dict[str, Outcome]]:
+    ctx = context(final=False, call_data=call_data, node=OldContracts())
+    report = await pipeline.run(ctx)
+    outcomes = {m.name: m.outcome for m in report.modules}
+    if "security_filter" in outcomes:
+        assert outcomes["security_filter"].verdict is Verdict.CONTINUE, outcomes
+    return ctx, outcomes
+
+
+async def test_an_erc7579_op_gets_the_same_answer_from_the_dry_run_and_the_pipeline(
+    engine: PolicyEngine, pipelines: dict[str, Pipeline]
+) -> None:
     """With or without the security filter in the pipeline, and in ``pm_validateSponsorshipPolicies``."""
     seed(engine, policy(id="nft", type="contract", target=NFT, rate_limits=[{"type": "request", "limit": 5}]))
-    module = PolicyEngineModule(engine)
-    alone = await module.run(context(final=False, call_data=MINT_NFT_7579))
-    filtered = await module.run(as_the_security_filter_leaves_it(context(final=False, call_data=MINT_NFT_7579)))
+    for pipeline in pipelines.values():
+        _, outcomes = await through(pipeline, MINT_NFT_7579)
+        engine_said = outcomes["policy_engine"]
+        assert engine_said.verdict is Verdict.CONTINUE and engine_said.data == {"policies": ["nft"]}
     dry = await engine.would_sponsor(operation_from(route(), context(final=False, call_data=MINT_NFT_7579).op, None))
-    assert alone.verdict is Verdict.CONTINUE and alone.data == {"policies": ["nft"]}
-    assert filtered.verdict is Verdict.CONTINUE and filtered.data == {"policies": ["nft"]}
     assert [p.id for p in dry] == ["nft"]
 
 
-async def test_the_calls_do_not_depend_on_which_modules_ran(engine: PolicyEngine) -> None:
-    for call_data in (b"", CALL_TOKEN, MINT_NFT_7579, b"\x12\x34\x56\x78"):
-        alone = operation_of(context(final=False, call_data=call_data)).facts
-        filtered = operation_of(as_the_security_filter_leaves_it(context(final=False, call_data=call_data))).facts
+async def test_the_calls_do_not_depend_on_which_modules_ran(pipelines: dict[str, Pipeline]) -> None:
+    expected = {
+        b"": (),
+        CALL_TOKEN: (Call(TOKEN, 0, TRANSFER),),
+        MINT_NFT_7579: (Call(NFT, 0, MINT),),
+        b"\x12\x34\x56\x78": None,  # not a call aNode can read: no calls to judge
+    }
+    for call_data, calls in expected.items():
+        seen = [operation_of((await through(p, call_data))[0]).facts for p in pipelines.values()]
         dry = operation_from(route(), context(final=False, call_data=call_data).op, None).facts
-        assert alone.calls == filtered.calls == dry.calls
-        assert alone.account_selector == filtered.account_selector == dry.account_selector
-    assert operation_of(context(final=False, call_data=b"")).facts.calls == ()
-    assert operation_of(context(final=False, call_data=b"\x12\x34\x56\x78")).facts.calls is None
+        for facts_ in (*seen, dry):
+            assert facts_.calls == calls, call_data.hex()
+            assert facts_.account_selector == ("0x" + call_data[:4].hex() if call_data else None), call_data.hex()
 
 
 async def test_a_deploy_only_op_is_refused_by_an_allow_list_with_or_without_the_security_filter(
-    engine: PolicyEngine,
+    engine: PolicyEngine, pipelines: dict[str, Pipeline]
 ) -> None:
     seed(engine, policy(id="allow", conditions=[{"field": "target", "operator": "in", "value": [NFT]}]))
-    module = PolicyEngineModule(engine)
-    for ctx in (
-        context(final=False, call_data=b""),
-        as_the_security_filter_leaves_it(context(final=False, call_data=b"")),
-    ):
-        outcome = await module.run(ctx)
+    for pipeline in pipelines.values():
+        _, outcomes = await through(pipeline, b"")
+        outcome = outcomes["policy_engine"]
         assert outcome.verdict is Verdict.BLOCK and outcome.code == CONDITION_FAILED
         assert "makes no call" in (outcome.message or "")
 

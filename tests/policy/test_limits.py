@@ -2,7 +2,8 @@
 
 ``LimiterContract`` is subclassed once per backend (memory, SQLite, PostgreSQL, Redis). The
 concurrency tests send 200 reservations at once against a limit of N, through two limiter
-instances with their own connections (as two processes would), and count exactly N successes;
+instances with their own connections, and count exactly N successes (on SQLite also from two
+spawned processes that share nothing but the database file, as ``--workers 2`` do);
 each reservation also names a per-wallet counter, whose total proves that no refused reservation
 left anything behind. The outage tests point the stores at a port nobody listens on, or at one
 that accepts connections and never answers, and expect ``LimitStoreUnavailable``.
@@ -11,12 +12,15 @@ that accepts connections and never answers, and expect ``LimitStoreUnavailable``
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import secrets
 import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -176,6 +180,64 @@ async def test_200_concurrent_reservations_sponsor_exactly_n_on_sqlite(tmp_path:
         for store, engine in zip(stores, engines, strict=True):
             await store.aclose()
             engine.dispose()
+
+
+def _reserve_in_a_process(url: str, first: int, count: int, start: Any, answers: Any) -> None:
+    """One process of two (``anode serve --workers 2``): its own engine, limiter and write lock."""
+
+    async def race() -> tuple[int, int, list[str]]:
+        engine = create_engine(url)
+        store = SqlLimiter(engine)
+        try:
+            start.wait(30)  # both processes are ready: their reservations overlap
+
+            async def one(n: int) -> Exceeded | None:
+                return await store.reserve(
+                    [bucket("spawn:requests", LIMIT), bucket(f"spawn:wallet:{n % WALLETS}", PER_WALLET)]
+                )
+
+            results = await asyncio.gather(*(one(n) for n in range(first, first + count)), return_exceptions=True)
+        finally:
+            await store.aclose()
+            engine.dispose()
+        errors = [repr(r) for r in results if isinstance(r, BaseException)]
+        admitted = sum(r is None for r in results)
+        return os.getpid(), admitted, errors
+
+    answers.put(asyncio.run(race()))
+
+
+def test_two_processes_on_one_sqlite_file_sponsor_exactly_n(tmp_path: Path) -> None:
+    """Two real processes (spawned: nothing shared but the file), each with its own engine,
+    limiter and in-process lock, race 100 reservations each against one limit of N."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    engine = create_engine(url)
+    upgrade(engine)
+    spawn = multiprocessing.get_context("spawn")
+    start, answers = spawn.Barrier(2), spawn.Queue()
+    half = REQUESTS // 2
+    workers = [spawn.Process(target=_reserve_in_a_process, args=(url, i * half, half, start, answers)) for i in (0, 1)]
+    for worker in workers:
+        worker.start()
+    try:
+        replies = [answers.get(timeout=120) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(30)
+            if worker.is_alive():
+                worker.kill()
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert len({pid for pid, _, _ in replies}) == 2 and os.getpid() not in {pid for pid, _, _ in replies}
+    assert [errors for _, _, errors in replies] == [[], []], "a refusal for an unavailable store is not a decision"
+    assert sum(admitted for _, admitted, _ in replies) == LIMIT
+    store = SqlLimiter(engine)
+    try:
+        assert asyncio.run(store.usage([bucket("spawn:requests", LIMIT)])) == [LIMIT]
+        wallets = asyncio.run(store.usage([bucket(f"spawn:wallet:{w}", PER_WALLET) for w in range(WALLETS)]))
+        assert sum(wallets) == LIMIT and max(wallets) <= PER_WALLET
+    finally:
+        asyncio.run(store.aclose())
+        engine.dispose()
 
 
 async def test_sqlite_decides_a_shared_transaction_in_arrival_order(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 one Redis, and 200 concurrent ``pm_getPaymasterData`` calls (100 to each) meet an amount limit
 that fits exactly N operations. Exactly N are signed, the ledger holds exactly N rows, and the
 policy's counter holds exactly N times the operation's maximum gas cost — once with the counters
-in Redis, once in PostgreSQL.
+in Redis, once in PostgreSQL, and once in one SQLite file behind ``anode serve --workers 2``.
 
 Needs anvil with the sandbox contracts (skipped without ``node_modules``), PostgreSQL and Redis
 (skipped, with the reason, when they do not answer).
@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -49,7 +50,7 @@ def chain() -> Iterator[tuple[Anvil, Deployment]]:
 
 
 def server_config(
-    anvil: Anvil, deployment: Deployment, database_url: str, redis_url: str, **engine: Any
+    anvil: Anvil, deployment: Deployment, database_url: str, redis_url: str | None, **engine: Any
 ) -> dict[str, Any]:
     return {
         "database_url": database_url,
@@ -123,7 +124,8 @@ def test_two_servers_sponsor_exactly_n_of_200(
 ) -> None:
     anvil, deployment = chain
     with fresh_pg_database("anode_two_servers") as database_url:
-        config = server_config(anvil, deployment, database_url, redis_url, limiter=limiter, redis_prefix=redis_prefix)
+        prefix = {"redis_prefix": redis_prefix} if limiter == "redis" else {}  # a prefix with sql is refused
+        config = server_config(anvil, deployment, database_url, redis_url, limiter=limiter, **prefix)
         with side_by_side(config) as (first, second):
             replies = asyncio.run(_storm([first, second], deployment.entry_points["v0.7"], deployment.chain_id))
             signed = [r for r in replies if "result" in r]
@@ -136,6 +138,25 @@ def test_two_servers_sponsor_exactly_n_of_200(
             ledger = httpx.get(f"{first}/api/v1/operations", params={"limit": "1000"}, headers=admin).json()
             assert ledger["count"] == N
         assert asyncio.run(_usage(limiter, database_url, redis_url, redis_prefix)) == [N * MAX_GAS_COST, N]
+
+
+def test_two_workers_on_one_sqlite_file_sponsor_exactly_n_of_200(
+    chain: tuple[Anvil, Deployment], tmp_path: Path
+) -> None:
+    """``anode serve --workers 2`` on SQLite: two processes, one database file, one limit."""
+    anvil, deployment = chain
+    database_url = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = server_config(anvil, deployment, database_url, None, limiter="sql")
+    with running_server(config, workers=2) as url:
+        replies = asyncio.run(_storm([url, url], deployment.entry_points["v0.7"], deployment.chain_id))
+        signed = [r for r in replies if "result" in r]
+        refused = [r["error"] for r in replies if "error" in r]
+        assert len(signed) == N
+        assert {e["data"]["anodeCode"] for e in refused} == {"ANODE_010_POLICY_LIMIT_EXCEEDED"}
+        admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+        ledger = httpx.get(f"{url}/api/v1/operations", params={"limit": "1000"}, headers=admin).json()
+        assert ledger["count"] == N
+    assert asyncio.run(_usage("sql", database_url, "", "")) == [N * MAX_GAS_COST, N]
 
 
 async def _usage(limiter: str, database_url: str, redis_url: str, prefix: str) -> list[int]:

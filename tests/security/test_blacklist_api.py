@@ -13,6 +13,7 @@ effect by dropping its copy, not by waiting) and the store tests a hand-moved cl
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from anode.errors import StoreUnavailable
 from anode.pipeline.base import Verdict
 from anode.pipeline.modules.security import BLOCKED, Config, SecurityFilter
 from anode.pipeline.security.decode import APPROVE
-from anode.store.blacklist import SqlBlacklist
+from anode.store.blacklist import BlacklistSnapshot, SqlBlacklist
 from anode.store.confirmations import SqlConfirmationStore
 from anode.wiring import Anode, build
 from tests.integration.test_api_errors import API_KEY, EP07, dead_node, settings_tree, user_op  # noqa: F401
@@ -266,6 +267,39 @@ async def test_another_server_sees_an_entry_within_its_refresh_interval(engine: 
 
     await writer.remove(TARGET, None)
     assert (await reader.refresh()).for_chain(CHAIN_ID) == frozenset()  # or ask it to read now
+
+
+class HeldReload(SqlBlacklist):
+    """A blacklist whose reads, once ``hold`` is set, read the table and then wait for it."""
+
+    def __init__(self, engine: sa.Engine, clock: Clock) -> None:
+        super().__init__(engine, refresh_seconds=10, clock=clock)
+        self.hold: asyncio.Event | None = None
+        self.read = asyncio.Event()
+
+    async def _load_snapshot(self) -> BlacklistSnapshot:
+        snapshot = await super()._load_snapshot()
+        if self.hold is not None:
+            self.read.set()  # the table is read: what it held is in `snapshot`
+            await self.hold.wait()
+        return snapshot
+
+
+async def test_an_entry_counts_from_the_next_request_despite_a_reload_under_way(engine: sa.Engine) -> None:
+    """A background reload that read the table before a write must not put the old table back."""
+    clock = Clock()
+    store = HeldReload(engine, clock)
+    assert (await store.snapshot()).for_chain(CHAIN_ID) == frozenset()
+    clock.now += 6  # past half the interval: the next request reloads in the background
+    store.hold = hold = asyncio.Event()
+    assert (await store.snapshot()).for_chain(CHAIN_ID) == frozenset()  # answered from the copy
+    await store.read.wait()  # the reload has read the table, without the entry
+
+    await store.add(TARGET, None, "drainer", "admin-1")  # written (and committed) meanwhile
+    store.hold = None
+    hold.set()  # the slow reload ends now, with the table as it was before the write
+    assert (await store.snapshot()).for_chain(CHAIN_ID) == {TARGET.lower()}
+    assert (await store.snapshot()).for_chain(CHAIN_ID) == {TARGET.lower()}  # and stays
 
 
 async def test_entries_are_kept_per_chain_and_added_once(engine: sa.Engine) -> None:

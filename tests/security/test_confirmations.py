@@ -13,7 +13,16 @@ import pytest
 import sqlalchemy as sa
 
 from anode.errors import StoreUnavailable
-from anode.store.confirmations import Redemption, SqlConfirmationStore, confirmations, token_hash
+from anode.pipeline.modules.security import Config
+from anode.store.confirmations import (
+    DEFAULT_MAX_PENDING_PER_KEY,
+    KEEP_EXPIRED,
+    PRUNE_EVERY_SECONDS,
+    Redemption,
+    SqlConfirmationStore,
+    confirmations,
+    token_hash,
+)
 from anode.store.database import create_engine, upgrade
 
 OP = "0x" + "11" * 32
@@ -125,16 +134,64 @@ async def test_release_makes_a_token_usable_again(store: SqlConfirmationStore) -
     assert await store.redeem(issued.token, OP, KEY) is Redemption.OK
 
 
-async def test_long_expired_tokens_are_pruned(store: SqlConfirmationStore, engine: sa.Engine, clock: Clock) -> None:
+def _hashes(engine: sa.Engine, key: str | None = KEY) -> set[str]:
+    with engine.connect() as connection:
+        query = sa.select(confirmations.c.token_hash).where(confirmations.c.api_key_id.is_not_distinct_from(key))
+        return set(connection.execute(query).scalars())
+
+
+async def test_expired_tokens_are_pruned_an_hour_past_expiry(
+    store: SqlConfirmationStore, engine: sa.Engine, clock: Clock
+) -> None:
     old = await store.issue(OP, KEY, SUMMARY, ttl=60)
     clock.now += 60  # just expired: kept, so the caller hears "expired", not "unknown"
     await store.issue(OTHER_OP, KEY, SUMMARY)
     assert await store.check(old.token, OP, KEY) is Redemption.EXPIRED
-    clock.now += 2 * 86_400
-    await store.issue(OTHER_OP, KEY, SUMMARY)
-    with engine.connect() as connection:
-        hashes = set(connection.execute(sa.select(confirmations.c.token_hash)).scalars())
-    assert token_hash(old.token) not in hashes and len(hashes) == 1
+    used = await store.issue(OTHER_OP, KEY, SUMMARY, ttl=60)
+    assert await store.redeem(used.token, OTHER_OP, KEY) is Redemption.OK
+    clock.now += KEEP_EXPIRED.total_seconds() + PRUNE_EVERY_SECONDS + 60
+    assert clock.now - old.expires_at <= 2 * 3_600  # not a day, as it once was
+    fresh = await store.issue(OTHER_OP, KEY, SUMMARY)
+    hashes = _hashes(engine)
+    assert token_hash(old.token) not in hashes and token_hash(used.token) not in hashes
+    assert token_hash(fresh.token) in hashes
+
+
+async def test_one_key_keeps_at_most_its_cap_of_unused_tokens(engine: sa.Engine, clock: Clock) -> None:
+    """Stub calls mint a token per warning: one key flooding them drops its own oldest unused ones."""
+    store = SqlConfirmationStore(engine, clock=clock, max_pending_per_key=5)
+    others = [await store.issue(OP, OTHER_KEY, SUMMARY), await store.issue(OP, None, SUMMARY)]
+    redeemed = await store.issue(OP, KEY, SUMMARY)
+    assert await store.redeem(redeemed.token, OP, KEY) is Redemption.OK  # used: no longer pending
+    issued = []
+    for _ in range(40):
+        clock.now += 1
+        issued.append(await store.issue(OP, KEY, SUMMARY))
+    hashes = _hashes(engine)
+    assert hashes == {token_hash(t.token) for t in issued[-5:]} | {token_hash(redeemed.token)}
+    assert await store.redeem(issued[0].token, OP, KEY) is Redemption.UNKNOWN  # dropped for newer ones
+    assert await store.redeem(issued[-1].token, OP, KEY) is Redemption.OK
+    # the other keys' tokens are untouched
+    assert await store.check(others[0].token, OP, OTHER_KEY) is Redemption.OK
+    assert await store.check(others[1].token, OP, None) is Redemption.OK
+
+
+async def test_the_cap_holds_across_two_server_processes(database_url: str, engine: sa.Engine, clock: Clock) -> None:
+    other_process = create_engine(database_url)
+    try:
+        stores = [SqlConfirmationStore(e, clock=clock, max_pending_per_key=10) for e in (engine, other_process)]
+        await asyncio.gather(*(stores[i % 2].issue(OP, KEY, SUMMARY) for i in range(60)))
+        await stores[0].issue(OP, KEY, SUMMARY)  # after the burst, one more trims to the cap
+    finally:
+        other_process.dispose()
+    assert len(_hashes(engine)) == 10
+
+
+def test_the_cap_is_a_setting_of_the_security_filter() -> None:
+    assert Config().max_pending_confirmations == DEFAULT_MAX_PENDING_PER_KEY == 1_000
+    assert Config(max_pending_confirmations=3).max_pending_confirmations == 3
+    with pytest.raises(ValueError, match="max_pending_confirmations"):
+        Config(max_pending_confirmations=0)
 
 
 async def test_a_dead_database_fails_closed() -> None:

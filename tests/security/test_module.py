@@ -31,7 +31,7 @@ from anode.pipeline.modules.security import (
 )
 from anode.pipeline.routes import Route, build_family
 from anode.pipeline.security.decode import APPROVE, EXECUTE, Call
-from anode.pipeline.sponsor import SponsorRequest
+from anode.sponsorship import SponsorRequest
 from anode.store.confirmations import SqlConfirmationStore
 from anode.store.database import create_engine, upgrade
 from anode.userop.models import parse_user_op
@@ -108,7 +108,7 @@ async def test_an_old_contract_passes_and_the_calls_are_left_for_the_policy_engi
     ctx = harness.context(execute(OLD), final=True)
     outcome = await harness.module.run(ctx)
     assert outcome.verdict is Verdict.CONTINUE and outcome.data == {"riskScore": 15, "riskLevel": "low"}
-    assert ctx.facts["calls"] == [Call(OLD, 0, "0x01020304", b"\x01\x02\x03\x04")]
+    assert ctx.decoded().calls == (Call(OLD, 0, "0x01020304", b"\x01\x02\x03\x04"),)
     assert not ctx.confirmed
 
 
@@ -119,7 +119,7 @@ async def test_a_blacklisted_target_is_blocked(harness: Harness) -> None:
     assert "risk 100/100" in outcome.message and BAD in outcome.message
     assessment = (outcome.data or {})["securityAssessment"]
     assert assessment["riskLevel"] == "critical" and assessment["riskFactors"][0]["type"] == "blacklisted_contract"
-    assert ctx.facts["calls"][0].target == BAD
+    assert ctx.decoded().calls[0].target == BAD
 
 
 async def test_the_confirmation_flow_stub_then_final(harness: Harness) -> None:

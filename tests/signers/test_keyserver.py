@@ -34,7 +34,7 @@ from anode.errors import ConfigError, SignerUnavailable
 from anode.keyserver.audit import head_path, verify_audit
 from anode.keyserver.cli import main as keyserver_main
 from anode.keyserver.config import load_keyserver_settings
-from anode.signers.manager import PROBE_DIGEST
+from anode.signers.health import PROBE_DIGEST
 from anode.signers.registry import build_signer, signer_settings
 from anode.signers.remote import RemoteSigner
 from tests.signers.keyserver_process import KeyserverProcess, write_keystore

@@ -31,7 +31,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from coincurve import PrivateKey
+from coincurve import PrivateKey, PublicKey
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils.crypto import keccak
@@ -40,9 +40,10 @@ from anode.devchain.anvil import Anvil
 from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc, encode_call
 from anode.errors import ConfigError, SignerUnavailable
-from anode.paymasters.base import eip191_digest
 from anode.signers import cloudflare_secrets, remote
-from anode.signers.base import SECP256K1_N
+from anode.signers.base import SECP256K1_N, eip191_digest
+from anode.signers.manager import ManagedSigner
+from anode.signers.manager_settings import BackendEntry, ManagerSettings
 from anode.signers.registry import build_signer, signer_settings
 from anode.signers.remote import RemoteSigner
 from tests.signers.keyserver_process import KeyserverProcess
@@ -262,18 +263,20 @@ async def test_a_bad_signature_is_an_error(fake_keyserver: FakeKeyserver, handle
         (401, r"refused the token \(401\): check signer.token"),
         (403, r"does not allow this token to use key 'pm' \(403\)"),
         (404, r"has no key 'pm' \(404\)"),
-        (500, r"answered 500: the HSM is on fire"),
+        (500, r"answered 500 \(signer_unavailable\): the key server's log says why"),
     ],
 )
 async def test_refusals_say_what_to_check_and_never_show_the_token_or_url_path(
     fake_keyserver: FakeKeyserver, status: int, message: str
 ) -> None:
-    signer = await fake_keyserver(answer(status, json={"error": {"code": "x", "message": "the HSM is on fire"}}))
+    """The status and the protocol's error code, never the server's own text (see test_leaks.py)."""
+    refusal = {"error": {"code": "signer_unavailable", "message": "the HSM is on fire"}}
+    signer = await fake_keyserver(answer(status, json=refusal))
     with pytest.raises(SignerUnavailable, match=message) as caught:
         await signer.unsafe_sign_hash(os.urandom(32))
     assert caught.value.code == "ANODE_SIGNER_UNAVAILABLE"
     for text in (caught.value.message, repr(signer)):
-        assert TOKEN not in text and "secret" not in text and "/base" not in text
+        assert TOKEN not in text and "secret" not in text and "/base" not in text and "on fire" not in text
         assert re.search(r"http://127\.0\.0\.1:\d+\b", text)
 
 
@@ -371,6 +374,35 @@ async def test_concurrent_signatures_share_the_connection_pool(keyserver: Keyser
             assert_valid(signed, digest, ADDRESS)
     finally:
         await signer.aclose()
+
+
+async def test_a_remote_signature_is_recovered_once_per_request(
+    keyserver: KeyserverProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remote signer recovers the key server's signature to its address; the signer manager,
+    which recovers what out-of-process backends return, does not do it a second time."""
+    recoveries = 0
+    recover = PublicKey.from_signature_and_message
+
+    def counting(*args: Any, **kwargs: Any) -> PublicKey:
+        nonlocal recoveries
+        recoveries += 1
+        return recover(*args, **kwargs)
+
+    config = {"type": "remote", "url": keyserver.url, "token": TOKEN, "key_id": "paymaster"}
+    settings = ManagerSettings(primary=BackendEntry(signer=signer_settings(config)), health_interval_s=0)
+    assert settings.verify_signatures
+    manager = ManagedSigner.from_settings(settings)
+    monkeypatch.setattr(PublicKey, "from_signature_and_message", counting)
+    try:
+        for sign in (manager.unsafe_sign_hash, manager.sign_eip191):
+            recoveries = 0
+            message = os.urandom(32)
+            signed = await sign(message)
+            assert signed.signer == ADDRESS and signed.backend == "primary:remote"
+            assert recoveries == 1, f"{sign.__name__}: recovered {recoveries} times"
+    finally:
+        await manager.aclose()
 
 
 @pytest.mark.parametrize(

@@ -125,7 +125,9 @@ class SignerContract:
         primary is logged there (at DEBUG, with the backend's own error message) and raised as
         ``SignerUnavailable`` — the places an error text carrying a key, PIN or token would leak.
         The test insists that records were captured, and greps the ``str``/``repr`` of every error
-        raised, causes included.
+        raised, causes included. The failure here is refused before any I/O; a backend that talks
+        to a server is also failed after the request was sent, by an answer carrying secrets, in
+        ``tests/signers/test_leaks.py``.
         """
         assert signer_secrets, "the subclass must name the secrets to look for"
         caplog.set_level(logging.DEBUG)

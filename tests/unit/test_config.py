@@ -72,7 +72,7 @@ def test_env_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
     settings = load_settings(write_yaml(tmp_path, base_tree()), environ=env)
     assert settings.signer.private_key is not None
     assert settings.signer.private_key.get_secret_value() == "0x" + "11" * 32
-    assert settings.chains[0].rpc_url == "http://node.internal:8545"
+    assert settings.chains[0].rpc_url.get_secret_value() == "http://node.internal:8545"
     # the rest of the list item survives the override
     assert settings.chains[0].chain_id == 31337
     assert settings.chains[0].paymasters[0].address == PAYMASTER

@@ -261,7 +261,13 @@ V07_BAD: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
-_OPTIONAL = {"factory", "paymaster", "paymasterVerificationGasLimit", "paymasterPostOpGasLimit"}
+#: fields with a default: null is how an RPC userOp leaves them out (tests/unit/test_userop_nulls.py)
+_OPTIONAL = {
+    info.alias or name
+    for model in (UserOperationV06, UserOperationV07)
+    for name, info in model.model_fields.items()
+    if not info.is_required()
+}
 
 
 @st.composite

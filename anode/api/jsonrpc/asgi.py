@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from anode.api.errors import rpc_error
+from anode.api.errors import rpc_refusal
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.dispatch import dispatch
+from anode.api.limits import BodyLimit
 from anode.errors import Unauthorized
 
 if TYPE_CHECKING:
@@ -37,23 +37,31 @@ class JsonRpcEndpoint:
         self.routes = routes
         sponsorship = anode.settings.sponsorship
         self._sponsor = (sponsorship.sponsor_name, sponsorship.sponsor_icon)
+        server = anode.settings.server
+        self._max_batch = server.max_batch_length
+        #: a body over ``server.max_body_bytes`` is answered 413 before it is read (``api/limits.py``)
+        self._limited = BodyLimit(self._serve, max_bytes=server.max_body_bytes, rpc_paths=RPC_PATHS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in RPC_PATHS:
             await self.app(scope, receive, send)
             return
+        await self._limited(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         anode = self.anode
         scope["route"] = self.routes[scope["path"]]
         try:
             api_key_id = None if anode.api_keys.open else await anode.api_keys.authenticate(Request(scope))
         except Unauthorized as exc:
-            await _answer(send, 401, orjson.dumps({"jsonrpc": "2.0", "id": None, "error": rpc_error(exc)}))
+            await _answer(send, *rpc_refusal(exc))
             return
         body = await _read_body(receive)
         if body is None:  # the client went away
             return
         request_id = scope.get("state", {}).get("request_id")
-        answer = await dispatch(body, CallContext(anode.service, api_key_id, *self._sponsor, request_id))
+        ctx = CallContext(anode.service, api_key_id, *self._sponsor, request_id)
+        answer = await dispatch(body, ctx, max_batch=self._max_batch)
         if answer is None:
             await _answer(send, 204, None)
         else:

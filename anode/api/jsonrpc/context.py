@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from anode.pipeline.sponsor import SponsorshipService
+from anode.sponsorship import SponsorshipService
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from anode.pipeline.sponsor import Sponsored
+from anode.sponsorship import Sponsored
 from anode.userop.codec import checksum, to_hex
 from anode.userop.models import UserOperationV06
 

@@ -2,21 +2,63 @@
 
 Anything aNode cannot confirm (a node down or on another chain, a deposit it cannot read, a
 signer down) makes the status ``degraded`` and the answer HTTP 503, for load balancers.
+
+The endpoint needs no key, so its node reads (the chain id, each paymaster's deposit) are made
+at most once per ``server.health_cache_seconds`` (default 5; 0 reads on every hit), and hits
+arriving while a read runs share it: a flood of hits costs the node one round of reads per
+interval. The signer's state and the security filter's are in memory and always current. With the
+security filter on, each chain says whether its node keeps the history contract ages need
+(``security.contractAge``: ``available``, ``unavailable: node has no archive state (…)``, or
+``not checked yet``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from anode.api.errors import json_response
 from anode.errors import AnodeError
+from anode.pipeline.modules.security import SecurityFilter
 from anode.pipeline.routes import Route
 from anode.userop.codec import checksum
 
 router = APIRouter(tags=["health"])
+
+#: (every chain healthy, the chains' entries)
+ChainReport = tuple[bool, list[dict[str, Any]]]
+
+
+class SharedRead:
+    """The result of ``read()`` reused for ``ttl`` seconds; callers arriving meanwhile share one read."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._value: ChainReport | None = None
+        self._read_at = 0.0
+        self._running: asyncio.Future[ChainReport] | None = None
+
+    async def get(self, read: Callable[[], Awaitable[ChainReport]]) -> ChainReport:
+        if self._value is not None and self._clock() - self._read_at < self.ttl:
+            return self._value
+        running = self._running
+        if running is None or running.get_loop() is not asyncio.get_running_loop():
+            running = self._running = asyncio.ensure_future(self._read(read))
+        return await asyncio.shield(running)  # a caller that goes away does not cancel the others' read
+
+    async def _read(self, read: Callable[[], Awaitable[ChainReport]]) -> ChainReport:
+        started = self._clock()
+        try:
+            value = await read()
+        finally:
+            self._running = None
+        self._value, self._read_at = value, started
+        return value
 
 
 async def _paymaster_health(route: Route) -> dict[str, Any]:
@@ -33,18 +75,16 @@ async def _paymaster_health(route: Route) -> dict[str, Any]:
     return entry
 
 
-@router.get("/health")
-async def health(request: Request) -> Any:
-    anode = request.app.state.anode
-    chains: list[dict[str, Any]] = []
+async def _read_chains(routes: list[Route]) -> ChainReport:
     healthy = True
+    chains: list[dict[str, Any]] = []
     by_chain: dict[int, list[Route]] = {}
-    for route in anode.routes:
+    for route in routes:
         by_chain.setdefault(route.chain_id, []).append(route)
-    for chain_id, routes in by_chain.items():
+    for chain_id, served in by_chain.items():
         status: dict[str, Any] = {"chainId": chain_id}
         try:
-            reported = await routes[0].chain.chain_id()
+            reported = await served[0].chain.chain_id()
             status["nodeReachable"] = True
             status["nodeChainId"] = reported
             if reported != chain_id:
@@ -54,10 +94,29 @@ async def health(request: Request) -> Any:
             healthy = False
             status["nodeReachable"] = False
             status["error"] = exc.message
-        status["paymasters"] = list(await asyncio.gather(*(_paymaster_health(r) for r in routes)))
+        status["paymasters"] = list(await asyncio.gather(*(_paymaster_health(r) for r in served)))
         # a deposit aNode cannot read is one it cannot vouch for: as degraded as an unreachable node
         healthy = healthy and not any("error" in entry for entry in status["paymasters"])
         chains.append(status)
+    return healthy, chains
+
+
+def _reads_of(request: Request) -> SharedRead:
+    reads: SharedRead | None = getattr(request.app.state, "health_reads", None)
+    if reads is None:
+        ttl = request.app.state.anode.settings.server.health_cache_seconds
+        reads = request.app.state.health_reads = SharedRead(ttl)
+    return reads
+
+
+@router.get("/health")
+async def health(request: Request) -> Any:
+    anode = request.app.state.anode
+    healthy, chains = await _reads_of(request).get(lambda: _read_chains(anode.routes))
+    security = next((m for m in anode.service.pipeline.checks if isinstance(m, SecurityFilter)), None)
+    if security is not None:  # copies: the cached entries are shared by every hit
+        history = security.assessor.history
+        chains = [{**c, "security": {"contractAge": history.status(c["chainId"])}} for c in chains]
     signing = anode.signer.health()
     healthy = healthy and signing["status"] != "down"
     body = {

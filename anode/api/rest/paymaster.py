@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from anode.api.auth import CallerKeyId
 from anode.api.jsonrpc.results import gas_fields, paymaster_fields, signed_extras
 from anode.api.rest.schemas import ErrorReply, SponsorBody, SponsorReply
-from anode.pipeline.sponsor import SponsorRequest, SponsorshipService
+from anode.sponsorship import SponsorRequest, SponsorshipService
 
 router = APIRouter(prefix="/api/v1/paymaster", tags=["paymaster"])
 

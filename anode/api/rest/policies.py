@@ -8,7 +8,10 @@
     GET    /api/v1/policies/{id}/status     usage, remaining and reset time per limit (?wallet=&contract=)
 
 Bodies use the same fields as the ``policies:`` list of the settings file. Answers never carry a
-webhook secret: it reads ``********``.
+webhook secret: it reads ``********``. Without ``policy_engine`` in ``pipeline.modules`` every
+call answers 409 ``ANODE_POLICY_ENGINE_OFF`` and stores nothing: a policy kept there would never
+be enforced. Policies are server-wide (no policy belongs to a project key), so project keys read
+none of them: their status counts every key's spending.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from anode.api.rest.schemas import ErrorReply
 from anode.errors import InvalidRequest
 from anode.pipeline.modules.policy_engine import engine_of
 from anode.policy.engine import PolicyEngine
-from anode.policy.errors import PolicyEngineDisabled
+from anode.policy.errors import PolicyEngineOff
 from anode.policy.models import MASK, Policy
 from anode.policy.repository import validation_message
 
@@ -50,7 +53,7 @@ PolicyJson = Annotated[dict[str, Any], Body(openapi_examples={"project cap": {"v
 def _engine(request: Request) -> PolicyEngine:
     engine = engine_of(request.app.state.anode.service.pipeline.policies)
     if engine is None:
-        raise PolicyEngineDisabled()
+        raise PolicyEngineOff()
     return engine
 
 

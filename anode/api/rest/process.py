@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from anode.api import process as flow
 from anode.api.auth import CallerKeyId
 from anode.api.rest.schemas import ErrorReply, SponsorBody
-from anode.pipeline.sponsor import SponsorRequest
+from anode.sponsorship import SponsorRequest
 
 router = APIRouter(prefix="/api/v1/paymaster", tags=["paymaster"])
 

@@ -32,14 +32,21 @@ class SponsorBody(BaseModel):
     context: dict[str, Any] | None = Field(None, description="Optional: {validForSeconds}.")
 
 
+def _one_version() -> Any:
+    """A field of one EntryPoint version only: left out of the other's answers, never ``null``."""
+    return Field(None, exclude_if=lambda value: value is None)
+
+
 class SponsorReply(BaseModel):
+    """v0.6 answers paymasterAndData; v0.7 and v0.8 answer paymaster, paymasterData and the two gas limits."""
+
     model_config = ConfigDict(populate_by_name=True, extra="allow")
 
-    paymaster: str | None = None
-    paymasterData: str | None = None
-    paymasterAndData: str | None = None
-    paymasterVerificationGasLimit: str | None = None
-    paymasterPostOpGasLimit: str | None = None
+    paymaster: str | None = _one_version()
+    paymasterData: str | None = _one_version()
+    paymasterAndData: str | None = _one_version()
+    paymasterVerificationGasLimit: str | None = _one_version()
+    paymasterPostOpGasLimit: str | None = _one_version()
     callGasLimit: str
     verificationGasLimit: str
     preVerificationGas: str

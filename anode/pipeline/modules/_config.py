@@ -6,6 +6,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, PlainSerializer, ValidationError
 
+from anode.config import error_message
 from anode.errors import ConfigError
 from anode.userop.codec import UINT256_MAX
 
@@ -22,7 +23,7 @@ def parse_config(model: type[ConfigT], raw: ConfigT | dict[str, Any], module: st
         lines = []
         for error in exc.errors():
             where = ".".join(str(part) for part in (module, "config", *error["loc"]))
-            lines.append(f"  {where}: {error['msg'].removeprefix('Value error, ')}")
+            lines.append(f"  {where}: {error_message(error)}")
         raise ConfigError(f"invalid configuration of pipeline module {module}:\n" + "\n".join(lines)) from None
 
 

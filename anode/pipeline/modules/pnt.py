@@ -14,7 +14,7 @@ The balance counted is ``balanceOf(sender)``, plus ``stakedBalanceOf`` and ``loc
 from the staking contract when ``include_staked`` (the three reads run concurrently and are
 cached together per (chain, sender)). Short of ``min_balance`` blocks with
 ``ANODE_002_INSUFFICIENT_PNT``, saying how much is held and how much more is needed.
-``include_staked`` without a ``staking_contract`` counts no stake (and says so at start-up).
+``include_staked`` without a ``staking_contract`` is refused at start-up.
 
 A chain that cannot be read raises ``ChainUnavailable`` (fail closed, 503 / -32603), never a
 zero balance.
@@ -23,23 +23,21 @@ zero balance.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from anode.chain.cache import TTLCache
 from anode.chain.client import ChainClient
 from anode.chain.reads import erc20_balance_of, locked_balance_of, staked_balance_of
 from anode.pipeline.base import Context, Outcome
-from anode.pipeline.deps import Dependencies, TTLCache
+from anode.pipeline.deps import Dependencies
 from anode.pipeline.modules._config import Wei, parse_config
 from anode.userop.codec import Address, checksum
 
 NAME = "pnt_balance_validator"
 INSUFFICIENT = "ANODE_002_INSUFFICIENT_PNT"
-
-log = logging.getLogger("anode.pipeline")
 
 
 class Config(BaseModel):
@@ -52,6 +50,15 @@ class Config(BaseModel):
     cache_ttl: float = Field(60, ge=0)
     symbol: str = Field("PNT", min_length=1)
     decimals: int = Field(18, ge=0, le=77)
+
+    @model_validator(mode="after")
+    def _stake_needs_its_contract(self) -> Config:
+        if self.include_staked and self.staking_contract is None:
+            raise ValueError(
+                "include_staked needs staking_contract (the contract holding the stakes): "
+                "set it, or set include_staked: false"
+            )
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +95,6 @@ class PntCheck:
         self.config = config
         self._cache = cache
         self._staking = config.staking_contract if config.include_staked else None
-        if config.include_staked and config.staking_contract is None:
-            log.warning("%s: include_staked is set but no staking_contract is configured: no stake is counted", NAME)
         staking = self._staking.hex() if self._staking is not None else "-"
         self._key_suffix = f"{config.contract_address.hex()}:{staking}"
 

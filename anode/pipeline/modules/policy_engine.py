@@ -66,7 +66,6 @@ class PolicyEngineModule:
         if decision.reserved:
             ctx.compensations.append(partial(self.engine.release, decision.reserved))
         ids = [policy.id for policy in decision.policies]
-        ctx.facts["policies"] = ids
         if decision.refusal is not None:
             refusal = decision.refusal
             return Outcome.block(refusal.code, refusal.message, refusal.data)

@@ -25,10 +25,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from anode.chain.cache import TTLCache
 from anode.chain.client import ChainClient
 from anode.chain.reads import erc721_balance_of
 from anode.pipeline.base import Context, Outcome
-from anode.pipeline.deps import Dependencies, TTLCache
+from anode.pipeline.deps import Dependencies
 from anode.pipeline.modules._config import parse_config
 from anode.userop.codec import Address, checksum
 

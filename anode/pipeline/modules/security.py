@@ -10,11 +10,12 @@
         recent_deployment_blocks: 7200  # younger contracts count as "recent"
         large_value_wei: "1000000000000000000"
         confirmation_ttl: 600           # seconds a confirmation token lasts
+        max_pending_confirmations: 1000 # unused tokens per API key; more drop that key's oldest
         cache_ttl: 300                  # seconds "has code" answers are reused
         weights: {unverified_contract: 10}   # override any factor's weight (docs/security.md)
 
-The decoded calls (``ctx.decoded()``, shared with the policy engine) also go to
-``ctx.facts["calls"]`` whatever the verdict.
+The calls are decoded once per request (``ctx.decoded()``), and the policy engine reads that
+same result.
 
 Blacklist: an address is blacklisted when it is in ``blacklist_contracts`` or in the table admins
 manage through ``/api/v1/security/blacklist`` (``anode/store/blacklist.py``; an entry for one chain
@@ -40,15 +41,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from anode.chain.cache import TTLCache
 from anode.errors import InvalidRequest
 from anode.pipeline.base import Context, Outcome
-from anode.pipeline.deps import Dependencies, TTLCache
+from anode.pipeline.deps import Dependencies
 from anode.pipeline.modules._config import Wei
 from anode.pipeline.security.decode import Decoded, checksum, decode_call_data
-from anode.pipeline.security.deployment import ContractInspector, NodeReader
+from anode.pipeline.security.deployment import ContractInspector, HistorySupport, NodeReader
 from anode.pipeline.security.score import Assessment, Factor, Rules, assess, targets_to_inspect
 from anode.store.blacklist import SqlBlacklist
-from anode.store.confirmations import ConfirmationStore, Redemption, SqlConfirmationStore
+from anode.store.confirmations import (
+    DEFAULT_MAX_PENDING_PER_KEY,
+    ConfirmationStore,
+    Redemption,
+    SqlConfirmationStore,
+)
 from anode.userop.codec import parse_address, to_hex
 from anode.userop.hashing import keccak, word
 from anode.userop.models import UserOperation
@@ -74,6 +81,7 @@ class Config(BaseModel):
     recent_deployment_blocks: int = Field(7_200, ge=0)
     large_value_wei: Wei = 10**18
     confirmation_ttl: int = Field(600, ge=10, le=86_400)
+    max_pending_confirmations: int = Field(DEFAULT_MAX_PENDING_PER_KEY, ge=1, le=1_000_000)
     cache_ttl: float = Field(300, ge=0)
     weights: dict[Factor, int] = Field(default_factory=dict)
 
@@ -138,6 +146,8 @@ class Assessor:
         self.rules = config.rules()
         self.blacklist = blacklist
         self._cache = cache
+        #: per chain: does its node keep the history contract ages need (``GET /health`` shows it)
+        self.history = HistorySupport()
         #: per chain: the stored set last merged (compared by identity: one object per snapshot) and the result
         self._merged: dict[int, tuple[frozenset[str], Rules]] = {}
 
@@ -167,6 +177,7 @@ class Assessor:
             self._cache,
             recent_blocks=self.config.recent_deployment_blocks,
             code_ttl=self.config.cache_ttl,
+            history=self.history,
         )
         inspected = targets[:MAX_INSPECTED_TARGETS]
         if len(inspected) == 1:  # the usual case: no tasks to schedule
@@ -203,7 +214,10 @@ def assessment_json(assessment: Assessment) -> dict[str, Any]:
 
 
 _INVALID = {
-    Redemption.UNKNOWN: "is not a token this server issued (mistyped, or pruned long after it expired)",
+    Redemption.UNKNOWN: (
+        "is not a token this server issued (mistyped, pruned after it expired, or dropped for newer tokens "
+        "of the same API key)"
+    ),
     Redemption.OTHER_KEY: "was issued to another API key",
     Redemption.OTHER_OPERATION: (
         "confirms a different operation (its sender, nonce, callData, initCode, chain or EntryPoint differ)"
@@ -233,8 +247,6 @@ class SecurityFilter:
     async def run(self, ctx: Context) -> Outcome:
         op = ctx.op
         assessment = await self.assessor.assess(ctx.route.chain, ctx.chain_id, op.sender, op.call_data, ctx.decoded())
-        ctx.facts["calls"] = list(assessment.calls)
-        ctx.facts["security"] = assessment
         score = assessment.score
         if assessment.decision == "allow":
             return Outcome.proceed({"riskScore": score, "riskLevel": assessment.level})
@@ -313,6 +325,6 @@ def create(config: Config, deps: Dependencies) -> SecurityFilter:
     return SecurityFilter(
         config,
         deps.cache,
-        SqlConfirmationStore(deps.engine, clock=deps.clock),
+        SqlConfirmationStore(deps.engine, clock=deps.clock, max_pending_per_key=config.max_pending_confirmations),
         SqlBlacklist(deps.engine, refresh_seconds=config.blacklist_refresh_seconds),
     )

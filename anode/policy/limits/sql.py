@@ -19,9 +19,9 @@ import sqlalchemy as sa
 
 from anode.errors import ConfigError
 from anode.policy.limits.base import PRUNE_EVERY_SECONDS, Bucket, Complaints, Exceeded, check_unique
-from anode.policy.tables import policy_usage
 from anode.store.database import invalidate, write_lock
 from anode.store.group_commit import GroupCommit
+from anode.store.policies import policy_usage
 
 T = TypeVar("T")
 

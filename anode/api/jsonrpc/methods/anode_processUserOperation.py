@@ -8,7 +8,7 @@ from typing import Any
 from anode.api import process as flow
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.params import CONTEXT, ENTRY_POINT, OPTIONAL_CHAIN_ID, USER_OP, bind
-from anode.pipeline.sponsor import SponsorRequest
+from anode.sponsorship import SponsorRequest
 
 NAME = "anode_processUserOperation"
 PARAMS = (USER_OP, ENTRY_POINT, OPTIONAL_CHAIN_ID, CONTEXT)

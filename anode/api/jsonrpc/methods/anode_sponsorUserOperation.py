@@ -9,7 +9,7 @@ from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.methods.pm_sponsorUserOperation import PARAMS
 from anode.api.jsonrpc.params import bind
 from anode.api.jsonrpc.results import gas_fields, paymaster_fields, signed_extras
-from anode.pipeline.sponsor import SponsorRequest
+from anode.sponsorship import SponsorRequest
 
 NAME = "anode_sponsorUserOperation"
 

@@ -7,7 +7,7 @@ from typing import Any
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.params import CHAIN_ID, CONTEXT, ENTRY_POINT, USER_OP, bind
 from anode.api.jsonrpc.results import paymaster_fields
-from anode.pipeline.sponsor import SponsorRequest
+from anode.sponsorship import SponsorRequest
 
 NAME = "pm_getPaymasterData"
 PARAMS = (USER_OP, ENTRY_POINT, CHAIN_ID, CONTEXT)

@@ -11,7 +11,7 @@ from typing import Any
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.params import CONTEXT, ENTRY_POINT, USER_OP, bind
 from anode.api.jsonrpc.results import gas_fields, paymaster_fields
-from anode.pipeline.sponsor import SponsorRequest
+from anode.sponsorship import SponsorRequest
 
 NAME = "pm_sponsorUserOperation"
 PARAMS = (USER_OP, ENTRY_POINT, CONTEXT)

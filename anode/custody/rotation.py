@@ -42,7 +42,7 @@ from eth_utils.crypto import keccak
 from anode.chain.client import ChainClient
 from anode.errors import ChainUnavailable, UpstreamRejected
 from anode.signers.base import Signer, sign_eip191
-from anode.signers.manager import AcceptanceCheck
+from anode.signers.selection import AcceptanceCheck
 from anode.store import audit
 from anode.store.ledger import max_valid_until
 from anode.userop.codec import checksum, parse_bytes, parse_quantity

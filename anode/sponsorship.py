@@ -1,10 +1,13 @@
-"""The sponsorship service: from a parsed request to paymaster data that is signed and recorded.
+"""The sponsorship service: the whole path from a parsed request to paymaster data that is
+signed and recorded.
 
-    resolve route → parse userOp → window → [stub: dummy signature]
-                                          → [final: getHash → sign → record → answer]
+    resolve route → parse userOp → window → pipeline (checks, policies)
+        → [stub: dummy signature]
+        → [final: getHash → sign → record → answer the operation that was signed]
 
-Only this module decides what a signature covers; the API layer turns its results into wire
-shapes, the paymaster family knows byte layouts, the signer holds the key.
+Only this module decides what a signature covers; ``api/`` turns its results into wire shapes,
+``pipeline/`` decides whether to sponsor, the paymaster family knows byte layouts, the signer
+holds the key, ``store/`` records.
 """
 
 from __future__ import annotations
@@ -154,7 +157,8 @@ class SponsorshipService:
     async def sign_or_estimate(self, request: SponsorRequest) -> Sponsored:
         """REST and ``/process``: sign an operation that carries its gas fields as it is; estimate
         one without them through the chain's bundler first (or, with no bundler, refuse by name)."""
-        estimated = isinstance(request.user_op, dict) and all(name in request.user_op for name in _ESTIMATED_FIELDS)
+        user_op = request.user_op  # a null gas limit is one left out (anode/userop/models.py)
+        estimated = isinstance(user_op, dict) and all(user_op.get(name) is not None for name in _ESTIMATED_FIELDS)
         route = self.routes.resolve(request.entry_point, request.chain_id)
         if estimated or route.bundler is None:
             return await self.sign(request)
@@ -179,7 +183,7 @@ class SponsorshipService:
             )
         ctx, report = await self._evaluate(route, op, window, request, final=True)
         try:
-            sponsored = await self._sign(route, op, window, request, placeholder=ctx.op)
+            sponsored = await self._sign(route, ctx.op, window, request)
         except BaseException:
             await _undo(ctx)
             raise
@@ -221,21 +225,17 @@ class SponsorshipService:
         return await self._decide_and_sign(route, op.model_copy(update=update), window, request)
 
     async def _sign(
-        self,
-        route: Route,
-        op: UserOperation,
-        window: ValidityWindow,
-        request: SponsorRequest,
-        *,
-        placeholder: UserOperation,
+        self, route: Route, shaped: UserOperation, window: ValidityWindow, request: SponsorRequest
     ) -> Sponsored:
-        """``placeholder``: ``op`` with this paymaster's fields and a dummy signature, as the
-        pipeline shaped it (``Context.op``): the digest covers everything but the signature."""
+        """Sign ``shaped`` (the operation as the pipeline judged it: this paymaster's fields and a
+        dummy signature, ``Context.op``) and answer that very operation with the real signature
+        in place of the dummy one: the digest covers every field but the signature, so what is
+        answered and recorded is exactly what was signed."""
         family = route.paymaster
         sender_nonce = 0
         if family.needs_sender_nonce:
-            sender_nonce = await route.chain.sender_nonce(family.address, op.sender)
-        digest = family.digest(placeholder, window, route.chain_id, sender_nonce)
+            sender_nonce = await route.chain.sender_nonce(family.address, shaped.sender)
+        digest = family.digest(shaped, window, route.chain_id, sender_nonce)
         signer = self.signer
         signed: SignedDigest
         if isinstance(signer, ManagedSigner):
@@ -244,7 +244,7 @@ class SponsorshipService:
         else:
             signed = await sign_eip191(signer, digest)
             backend = signer.backend
-        final = family.attach(op, family.encode(window, signed.signature))
+        final = family.attach(shaped, family.encode(window, signed.signature))
         op_hash = user_op_hash(final, route.version, route.entry_point, route.chain_id)
         await self.ledger.record(
             SponsorshipRecord(

@@ -1,5 +1,8 @@
 """The policy engine's tables, on the shared ``MetaData`` (migration ``0002``).
 
+They live in the store, the bottom layer, so that the schema (``store/schema.py``) is assembled
+without reaching up into ``anode/policy``; the policy repository and the SQL limiter import them.
+
 ``policies`` holds each policy as one JSON document (webhook secret included: it signs webhook
 bodies, so it cannot be hashed); ``source`` says whether the row came from the settings file or
 the API. ``policy_usage`` holds one counter per (policy, limit, window, wallet): ``used`` is wei
