@@ -60,7 +60,7 @@ def running_server(config: dict[str, Any], *, env: dict[str, str] | None = None,
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # two workers on a loaded machine: imports and migrations take a while
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"anode serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
