@@ -59,6 +59,16 @@ class SingletonPaymaster(PaymasterFamily):
 
     def digest(self, op: UserOperation, window: ValidityWindow, chain_id: int, sender_nonce: int) -> bytes:
         if isinstance(op, UserOperationV06):
+            return self.hash_with_prefix(op, op.paymaster_and_data[: 20 + _CONFIG_LENGTH], chain_id)
+        return self.hash_with_prefix(op, packed_paymaster_and_data(op)[: 52 + _CONFIG_LENGTH], chain_id)
+
+    def hash_with_prefix(self, op: UserOperation, paymaster_prefix: bytes, chain_id: int) -> bytes:
+        """The contract's ``_getHash`` of ``op`` given the signed part of its ``paymasterAndData``.
+
+        ``paymaster_prefix`` is ``paymasterAndData`` up to the signature: address and config (V6);
+        address, the two 16-byte gas limits and config (V7/V8). Both modes hash this way.
+        """
+        if isinstance(op, UserOperationV06):
             inner = keccak(
                 address_word(op.sender)
                 + word(op.nonce)
@@ -69,10 +79,9 @@ class SingletonPaymaster(PaymasterFamily):
                 + word(op.max_priority_fee_per_gas)
                 + keccak(op.call_data)
                 + keccak(op.init_code)
-                + keccak(op.paymaster_and_data[: 20 + _CONFIG_LENGTH])
+                + keccak(paymaster_prefix)
             )
             return keccak(inner + word(chain_id))
-        pnd = packed_paymaster_and_data(op)
         inner = keccak(
             address_word(op.sender)
             + word(op.nonce)
@@ -81,7 +90,7 @@ class SingletonPaymaster(PaymasterFamily):
             + op.gas_fees
             + keccak(op.init_code)
             + keccak(op.call_data)
-            + keccak(pnd[: 52 + _CONFIG_LENGTH])
+            + keccak(paymaster_prefix)
         )
         hashed = keccak(inner + word(chain_id))
         if self.bind_7702_override:
