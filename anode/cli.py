@@ -50,10 +50,17 @@ def _ops_list(args: argparse.Namespace) -> None:
         rows = SqlLedger(engine).find_now(sender=args.sender, since=args.since, until=args.until, limit=args.limit)
     finally:
         engine.dispose()
-    print(f"{'time':32} {'sender':42} {'nonce':>8} {'max cost (wei)':>22} userOpHash")
+    head = f"{'time':32} {'sender':42} {'nonce':>8} {'max cost (wei)':>22}"
+    print(f"{head} {'status':8} {'actual cost (wei)':>22} userOpHash")
     for row in rows:
-        cost = row["max_gas_cost_wei"]
-        print(f"{row['created_at']:32} {row['sender']:42} {hex(row['nonce']):>8} {cost:>22} {row['user_op_hash']}")
+        cost, actual = row["max_gas_cost_wei"], row.get("actual_gas_cost_wei")
+        status = row.get("status") or "signed"
+        if status == "included" and row.get("success") is False:
+            status = "reverted"  # included, the call reverted: the paymaster still paid
+        print(
+            f"{row['created_at']:32} {row['sender']:42} {hex(row['nonce']):>8} {cost:>22} {status:8} "
+            f"{'' if actual is None else actual:>22} {row['user_op_hash']}"
+        )
     print(f"{len(rows)} operation(s)")
 
 

@@ -312,6 +312,8 @@ class ChainSettings(_Section):
     rpc_url: EndpointUrl
     bundler_url: EndpointUrl | None = None
     paymasters: list[PaymasterSettings] = Field(min_length=1)
+    #: blocks the EntryPoint follower waits on this chain before reading one (default: watch.confirmations)
+    confirmations: int | None = Field(None, ge=0, le=10_000)
 
 
 class AuthSettings(_Section):
@@ -356,6 +358,21 @@ class ServerSettings(_Section):
     health_cache_seconds: float = Field(5.0, ge=0, le=300)
 
 
+class WatchSettings(_Section):
+    """The EntryPoint follower (``anode/watch/``): what each signed operation really spent."""
+
+    enabled: bool = False
+    #: blocks behind the head before a block is read (a reorg up to this depth is undone)
+    confirmations: int = Field(3, ge=0, le=10_000)
+    poll_seconds: float = Field(5.0, gt=0, le=3600)
+    #: most blocks per ``eth_getLogs`` call
+    block_range: int = Field(1_000, ge=1, le=100_000)
+    #: where a chain's first run starts (none: at the confirmed head); later runs resume from the cursor
+    start_block: int | None = Field(None, ge=0)
+    #: a follower that stops renewing its lease for this long is replaced by another process's
+    lease_seconds: float = Field(30.0, gt=0, le=3600)
+
+
 class Settings(_Section):
     environment: Literal["development", "production"] = "development"
     #: may carry the database password: masked in repr, str and JSON
@@ -366,6 +383,7 @@ class Settings(_Section):
     sponsorship: SponsorshipSettings = Field(default_factory=SponsorshipSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
     #: Redis for shared caches and limits across processes (``redis://127.0.0.1:6379/0``); none: in-process
     redis_url: DatabaseUrl | None = None
     #: policies seeded at start-up (see the policy engine); managed at runtime through the API.

@@ -12,6 +12,9 @@ default: several apps in one process (tests, two servers in a benchmark) keep se
     anode_signer_healthy{backend}                        last health probe: 1 passed, 0 failed
     anode_sponsorships_total{method,result}              result: ok, or the error's stable code
     anode_http_request_duration_seconds{method,route,status}
+    anode_watch_operations_total{chain,outcome}          outcomes the EntryPoint follower recorded: included, expired
+    anode_watch_unknown_operations_total{chain,paymaster}  inclusions for a paymaster that the ledger never signed
+    anode_watch_block{chain}                             the last block the follower processed
     anode_worker_info{pid}                               1, labelled with the process id: each process
                                                          of ``anode serve --workers N`` counts on its own
 """
@@ -85,6 +88,17 @@ class Metrics:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
+
+        self.watched_operations = Counter(
+            "anode_watch_operations", "Ledger outcomes the follower recorded", ["chain", "outcome"], registry=r
+        )
+        self.unknown_operations = Counter(
+            "anode_watch_unknown_operations",
+            "Operations included for a configured paymaster that the ledger never signed",
+            ["chain", "paymaster"],
+            registry=r,
+        )
+        self.watched_block = Gauge("anode_watch_block", "Last block the follower processed", ["chain"], registry=r)
 
     @contextmanager
     def sponsorship(self, method: str) -> Iterator[None]:

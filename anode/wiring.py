@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -29,8 +30,10 @@ from anode.store.api_keys import SqlApiKeys
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import Ledger, SqlLedger
 from anode.userop.codec import parse_address
+from anode.watch.follower import Follower, WatchedChain
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
     from redis.asyncio import Redis
 
 log = logging.getLogger("anode")
@@ -52,6 +55,10 @@ class Anode:
     #: the ``paymaster_signer`` step is enabled: operations that pass are signed
     signing: bool = True
     metrics: Metrics = field(default_factory=Metrics)
+    #: the EntryPoint follower (``watch.enabled``), run as a background task between start and close
+    follower: Follower | None = None
+    _follower_stop: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _follower_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     #: :meth:`start` has completed (starting again does nothing)
     started: bool = field(default=False, init=False)
@@ -76,6 +83,8 @@ class Anode:
             if kind in IN_MEMORY_BACKENDS and self.settings.environment == "production":
                 log.warning("signer %s: a %s key (plain form, in process memory) signs in production", name, kind)
         log.info("aNode signing as %s (%s)", self.signer.address, self.signer.backend)
+        if self.follower is not None:
+            self._follower_task = asyncio.create_task(self.follower.run(self._follower_stop))
         self.started = True
 
     async def check(self) -> None:
@@ -96,6 +105,10 @@ class Anode:
                 self.routes.replace(replace(route, paymaster=family))
 
     async def aclose(self) -> None:
+        task, self._follower_task = self._follower_task, None
+        if task is not None:
+            self._follower_stop.set()
+            await task
         for module in (*self.service.pipeline.checks, *self.service.pipeline.policies):
             close = getattr(module, "aclose", None)
             if close is not None:
@@ -179,6 +192,7 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
     if len({(route.chain_id, route.entry_point) for route in routes}) != len(routes):
         raise ConfigError("each (chain, entry_point) pair may have one paymaster")
     table = RouteTable(routes)
+    follower = _follower(settings, engine, routes, metrics) if settings.watch.enabled else None
     targets = [
         PaymasterTarget(
             r.chain_id,
@@ -228,7 +242,25 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
         key_store=key_store,
         signing=signing,
         metrics=metrics,
+        follower=follower,
     )
+
+
+def _follower(settings: Settings, engine: sa.Engine, routes: list[Route], metrics: Metrics) -> Follower:
+    chains = []
+    for chain in settings.chains:
+        served = [route for route in routes if route.chain_id == chain.chain_id]
+        confirmations = settings.watch.confirmations if chain.confirmations is None else chain.confirmations
+        chains.append(
+            WatchedChain(
+                chain.chain_id,
+                served[0].chain,
+                tuple(route.entry_point for route in served),
+                tuple(route.paymaster.address for route in served),
+                confirmations,
+            )
+        )
+    return Follower(engine, chains, settings.watch, metrics)
 
 
 def _cache(redis: Redis | None) -> TTLCache:

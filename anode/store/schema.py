@@ -14,6 +14,7 @@ from anode.store.blacklist import contract_blacklist
 from anode.store.confirmations import confirmations
 from anode.store.policies import policies, policy_usage
 from anode.store.tables import metadata, sponsorships
+from anode.store.watch import unknown_operations, watch_blocks, watch_cursors, watch_lease
 
 __all__ = [
     "api_keys",
@@ -25,4 +26,8 @@ __all__ = [
     "policies",
     "policy_usage",
     "sponsorships",
+    "unknown_operations",
+    "watch_blocks",
+    "watch_cursors",
+    "watch_lease",
 ]

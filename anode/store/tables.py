@@ -51,7 +51,16 @@ sponsorships = sa.Table(
     sa.Column("signer", sa.String(42), nullable=False),
     sa.Column("api_key_id", sa.String(32), nullable=True),
     sa.Column("method", sa.String(64), nullable=False),
+    # the outcome on chain, written by the EntryPoint follower (anode/watch/): signed, included, expired
+    sa.Column("status", sa.String(16), nullable=False, server_default="signed"),
+    sa.Column("tx_hash", sa.String(66), nullable=True),
+    sa.Column("block_number", sa.BigInteger(), nullable=True),
+    sa.Column("success", sa.Boolean(), nullable=True),
+    sa.Column("actual_gas_cost_wei", Uint256(), nullable=True),
+    sa.Column("actual_gas_used", Uint256(), nullable=True),
     sa.Index("ix_sponsorships_sender_created", "sender", "created_at"),
     sa.Index("ix_sponsorships_created", "created_at"),
     sa.Index("ix_sponsorships_user_op_hash", "user_op_hash"),
+    sa.Index("ix_sponsorships_chain_status", "chain_id", "status", "valid_until"),
+    sa.Index("ix_sponsorships_chain_block", "chain_id", "block_number"),
 )

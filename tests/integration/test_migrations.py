@@ -36,6 +36,10 @@ LATER_TABLES = {
     "audit_log",
     "audit_head",
     "contract_blacklist",
+    "watch_cursors",
+    "watch_blocks",
+    "watch_lease",
+    "unknown_operations",
 }
 
 

@@ -3,7 +3,8 @@
     cli, custody_cli                       the command line
     sandbox, keyserver, devchain           beside the request path
     api, wiring, serving                   HTTP in and out; the composition root; serving it
-    sponsorship, custody                   the orchestration of the whole path; key rotation
+    sponsorship, custody, watch            the orchestration of the whole path; key rotation; the
+                                           EntryPoint follower
     pipeline                               checks and policies, in order
     policy, chain                          limits and policies; node reads
     config                                 settings: it composes each signer backend's Settings
@@ -32,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"cli", "custody_cli"},
     {"sandbox", "keyserver", "devchain"},
     {"api", "wiring", "serving"},
-    {"sponsorship", "custody"},
+    {"sponsorship", "custody", "watch"},
     {"pipeline"},
     {"policy", "chain"},
     {"config"},

@@ -49,4 +49,8 @@ async def list_operations(
     for row in rows:
         row["nonce"] = hex(row["nonce"])
         row["max_gas_cost_wei"] = str(row["max_gas_cost_wei"])
+        # the outcome on chain (the EntryPoint follower, watch.enabled): status signed, included or expired
+        for name in ("actual_gas_cost_wei", "actual_gas_used"):
+            if row.get(name) is not None:
+                row[name] = str(row[name])
     return {"operations": rows, "count": len(rows)}
