@@ -6,7 +6,8 @@ line: a key server, a proxy in front of it or a fake can echo a token, a key or 
 What an error may carry of a peer's answer is its HTTP status and, where the protocol defines
 them, an error code checked against the protocol's list (:func:`known_code`). Client libraries
 that log URLs or bodies below WARNING (httpx and httpcore print every URL, botocore every response
-body) are held above that by the backends that use them (:func:`quiet_loggers`).
+body) are held above that by every process's logging set-up (:func:`configure_logging`) and by the
+backends that use them (:func:`quiet_loggers`), for a process that sets up its own logging.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def known_code(value: object, codes: Collection[str] | None = None, *, shape: re
 
 #: libraries whose records below WARNING carry a URL (httpx, httpcore) or a response body (botocore)
 CHATTY_LOGGERS = ("httpx", "httpcore", "botocore", "boto3", "urllib3")
+
+
+def configure_logging(level: str) -> None:
+    """A process's logging: ``level`` for aNode, the client libraries held at WARNING."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_loggers()
 
 
 def quiet_loggers(names: Collection[str] = CHATTY_LOGGERS) -> None:

@@ -1,7 +1,7 @@
 """Serving a validated configuration: logging set-up, start-up checks, then uvicorn (one or several workers).
 
-Below ``cli.py``: the ``anode`` command, the sandbox (``anode/sandbox.py``) and each worker process
-(``anode/api/asgi.py``) use it.
+Logging is set up by :func:`anode.redact.configure_logging`. Below ``cli.py``: the ``anode``
+command, the sandbox (``anode/sandbox.py``) and each worker process (``anode/api/asgi.py``) use it.
 """
 
 from __future__ import annotations
@@ -14,17 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from anode.config import Settings, ignored_variables
 from anode.errors import ConfigError
+from anode.redact import configure_logging
 
 if TYPE_CHECKING:
     from anode.wiring import Anode
 
 log = logging.getLogger("anode")
-
-
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO; node and bundler URLs often carry provider keys
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def serve_settings(
@@ -45,7 +40,7 @@ def serve_settings(
     from anode.api.http import HttpProtocol
     from anode.wiring import build, refuse_ineffective
 
-    configure_logging(settings)
+    configure_logging(settings.log_level)
     for name in ignored_variables(os.environ):
         log.info("environment variable %s names no aNode setting: ignored", name)
     count = workers or settings.server.workers

@@ -18,8 +18,8 @@ from anode.wiring import build
 
 
 def app_from_environment() -> FastAPI:
-    from anode.serving import configure_logging
+    from anode.redact import configure_logging
 
     settings = load_settings(Path(os.environ["ANODE_CONFIG"]))
-    configure_logging(settings)
+    configure_logging(settings.log_level)
     return create_app(build(settings, migrate=False))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from anode.errors import AnodeError, ConfigError
+from anode.redact import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -20,7 +21,7 @@ def _serve(args: argparse.Namespace) -> None:
     from anode.keyserver.store import AuditLog, KeyRing, Tokens
 
     settings = load_keyserver_settings(Path(args.config))
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     server = Keyserver(
         keys=KeyRing.build(settings.keys),
         tokens=Tokens(settings.tokens),

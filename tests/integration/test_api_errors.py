@@ -24,7 +24,6 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from coincurve import PublicKey
 from eth_abi import decode
 from eth_utils.address import to_checksum_address
@@ -43,6 +42,7 @@ from anode.userop.models import parse_user_op
 from anode.wiring import Anode, build
 from tests.contracts.checks import deploy_check_contracts
 from tests.support.fake_bundler import FakeBundler
+from tests.support.http_server import serving_posts
 
 CHAIN_ID = 31337
 EP06 = "0x5FF137D4b0FDCD49DcA30c7CF57E578a026d2789"
@@ -658,11 +658,9 @@ class FakeNode:
 async def fake_node(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, FakeNode]]:
     """A client of an app whose node is a :class:`FakeNode`."""
     node = FakeNode()
-    server = web.Application()
-    server.router.add_post("/", node.handle)
-    async with TestServer(server, host="127.0.0.1") as http:
-        node.url = f"http://127.0.0.1:{http.port}"
-        anode = build_anode(tmp_path, node.url + "/", health_cache_seconds=0)  # each hit reads the node
+    async with serving_posts(node.handle) as url:
+        node.url = url.rstrip("/")
+        anode = build_anode(tmp_path, url, health_cache_seconds=0)  # each hit reads the node
         transport = httpx.ASGITransport(app=create_app(anode, manage_lifecycle=False))
         headers = {"authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://anode.test", headers=headers) as client:

@@ -36,7 +36,7 @@ import yaml
 from anode.config import validate_settings
 from anode.devchain.anvil import Anvil, free_port
 from anode.devchain.deploy import Deployment
-from anode.serving import configure_logging
+from anode.redact import configure_logging
 from anode.wiring import build
 from tests.signers.keyserver_process import KeyserverProcess, write_keystore
 from tests.support.asgi import client_of
@@ -229,7 +229,7 @@ async def test_no_secret_in_any_log_line_of_a_start_up_and_a_request_cycle(
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="anode")
     settings = validate_settings(tree)
-    configure_logging(settings)
+    configure_logging(settings.log_level)
     node = build(settings)
     try:
         await node.start()

@@ -24,7 +24,7 @@ from anode.errors import ChainUnavailable
 from anode.pipeline.security import deployment
 from anode.pipeline.security.deployment import ContractInspector, HistorySupport
 from anode.wiring import build
-from tests.security.test_flow import EP07, KEY_A, PM07, erc7677, op, rpc
+from tests.security.test_flow import erc7677, op, rpc, tree
 from tests.support.fake_node import CONTRACT, DEFINITE, TRANSIENT, FakeNode
 
 #: far enough back that a "header not found" is the node's history, not a lagging replica
@@ -99,25 +99,11 @@ async def test_header_not_found_near_the_head_is_a_lagging_replica_not_missing_h
 
 
 def _tree(tmp_path: Path, rpc_url: str) -> dict[str, Any]:
-    return {
-        "database_url": f"sqlite:///{tmp_path / 'anode.db'}",
-        "signer": {"type": "local", "private_key": "0x" + "5a" * 32},
-        "auth": {"api_keys": [KEY_A]},
-        "server": {"health_cache_seconds": 0},
-        "chains": [
-            {
-                "chain_id": 31337,
-                "rpc_url": rpc_url,
-                "paymasters": [{"entry_point": EP07, "address": PM07, "contract": "verifying"}],
-            }
-        ],
-        "pipeline": {
-            "modules": [
-                {"name": "security_filter", "config": {"recent_deployment_blocks": WINDOW}},
-                {"name": "paymaster_signer"},
-            ]
-        },
-    }
+    """The security flow's server, with a window deep enough for definite answers, reading on every hit."""
+    settings = tree(tmp_path, rpc_url)
+    settings["pipeline"]["modules"][0]["config"]["recent_deployment_blocks"] = WINDOW
+    settings["server"] = {"health_cache_seconds": 0}
+    return settings
 
 
 async def test_over_http_a_rate_limited_node_refuses_and_a_pruned_one_shows_on_health(tmp_path: Path) -> None:

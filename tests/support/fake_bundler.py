@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from tests.support.http_server import serving_posts
 
 GAS = {"callGasLimit": "0x20000", "verificationGasLimit": "0x30000", "preVerificationGas": "0x6000"}
 
@@ -25,7 +26,5 @@ class FakeBundler:
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
         """Serve on a free port of 127.0.0.1; yields the ``bundler_url``."""
-        app = web.Application()
-        app.router.add_post("/", self.handle)
-        async with TestServer(app, host="127.0.0.1") as server:
-            yield f"http://127.0.0.1:{server.port}/"
+        async with serving_posts(self.handle) as url:
+            yield url

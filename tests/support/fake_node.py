@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from tests.support.http_server import serving_posts
 
 CONTRACT = "0x" + "c0de" * 10
 
@@ -123,7 +124,5 @@ class FakeNode:
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[str]:
         """Serve on a free port of 127.0.0.1; yields the node's URL."""
-        app = web.Application()
-        app.router.add_post("/", self.handle)
-        async with TestServer(app, host="127.0.0.1") as server:
-            yield f"http://127.0.0.1:{server.port}/"
+        async with serving_posts(self.handle) as url:
+            yield url
