@@ -3,13 +3,14 @@ request cycle: none of the secrets appears.
 
 Real services where the secret must work: PostgreSQL with a role that has a password, a Redis of
 its own started with ``--requirepass`` (the security filter's cache and the policy engine's
-counters use it), anvil with the real paymasters. Where a secret need not work it is configured
-anyway and fails on the way, which is where leaks hide: a mnemonic and a remote key server (its
-token) as backup signers, the key server (``anode keyserver serve``, its key in a keystore whose
-password comes from the environment) running; a webhook policy whose hook is unreachable (its
-secret, and a token in its URL). Captured: every record at DEBUG through the root logger
-(``anode``, uvicorn, alembic, httpx, …), this process's stdout and stderr, and, for a real
-``anode serve`` process run with the same config at ``log_level: DEBUG``, all it writes.
+counters use it), anvil with the real paymasters, a SoftHSM2 token (its PIN) whose key signs as a
+backup. Where a secret need not work it is configured anyway and fails on the way, which is where
+leaks hide: a mnemonic and a remote key server (its token) as backup signers, the key server
+(``anode keyserver serve``, its key in a keystore whose password comes from the environment)
+running; a webhook policy whose hook is unreachable (its secret, and a token in its URL).
+Captured: every record at DEBUG through the root logger (``anode``, uvicorn, alembic, httpx, …),
+this process's stdout and stderr, and, for a real ``anode serve`` process run with the same config
+at ``log_level: DEBUG``, all it writes.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ from anode.config import validate_settings
 from anode.devchain.anvil import Anvil, free_port
 from anode.devchain.deploy import Deployment
 from anode.redact import configure_logging
+from anode.signers import pkcs11
 from anode.wiring import build
 from tests.signers.keyserver_process import KeyserverProcess, write_keystore
+from tests.signers.softhsm import PIN, softhsm_token
 from tests.support.asgi import client_of
 from tests.support.postgres import ADMIN_URL
 from tests.support.server import _wait_ready
@@ -56,6 +59,7 @@ SECRETS = {
     "webhook URL token": "hook-token-" + secrets.token_hex(8),
     "database password": "pg-password-" + secrets.token_hex(8),
     "Redis password": "redis-password-" + secrets.token_hex(8),
+    "HSM PIN": PIN,
 }
 
 
@@ -83,6 +87,15 @@ def keyserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyserverPro
     yield process.start()
     process.stop()
     assert leaks(process.log_path.read_text(), "") == [], process.log()
+
+
+@pytest.fixture
+def hsm_backup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A SoftHSM2 token (its PIN is a secret of the config) holding a key the pkcs11 backup signs with."""
+    with softhsm_token(tmp_path_factory.mktemp("softhsm")) as hsm:  # SOFTHSM2_CONF for anode serve too
+        backup = hsm.signer_config("leak-backup")
+        pkcs11.generate_key(pkcs11.Settings.model_validate(backup))
+        yield backup
 
 
 @pytest.fixture
@@ -131,7 +144,13 @@ def redis_url_with_password(tmp_path: Path) -> Iterator[str]:
 
 
 def config(
-    anvil: Anvil, deployment: Deployment, paymaster_key: str, database_url: str, redis_url: str, keyserver: str
+    anvil: Anvil,
+    deployment: Deployment,
+    paymaster_key: str,
+    database_url: str,
+    redis_url: str,
+    keyserver: str,
+    hsm_backup: dict[str, Any],
 ) -> dict[str, Any]:
     s = SECRETS
     singleton = deployment.singleton_paymasters["v0.8"]  # the backups may sign for it (not for the verifying one)
@@ -147,6 +166,7 @@ def config(
                  "paymasters": [singleton]},
                 {"type": "remote", "url": keyserver, "token": s["remote token"], "key_id": "paymaster",
                  "paymasters": [singleton]},
+                {**hsm_backup, "paymasters": [singleton]},
             ],
             "health_interval_s": 0,
         },
@@ -222,10 +242,13 @@ async def test_no_secret_in_any_log_line_of_a_start_up_and_a_request_cycle(
     pg_url_with_password: str,
     redis_url_with_password: str,
     keyserver: KeyserverProcess,
+    hsm_backup: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    tree = config(anvil, deployment, paymaster_key, pg_url_with_password, redis_url_with_password, keyserver.url)
+    tree = config(
+        anvil, deployment, paymaster_key, pg_url_with_password, redis_url_with_password, keyserver.url, hsm_backup
+    )
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="anode")
     settings = validate_settings(tree)
@@ -269,10 +292,13 @@ def test_no_secret_in_what_anode_serve_writes(
     pg_url_with_password: str,
     redis_url_with_password: str,
     keyserver: KeyserverProcess,
+    hsm_backup: dict[str, Any],
 ) -> None:
     """The same, for a real ``anode serve`` process; the database URL and the admin key come from the
     environment (``ANODE_DATABASE_URL``, ``ANODE_AUTH__ADMIN_KEYS``)."""
-    tree = config(anvil, deployment, paymaster_key, pg_url_with_password, redis_url_with_password, keyserver.url)
+    tree = config(
+        anvil, deployment, paymaster_key, pg_url_with_password, redis_url_with_password, keyserver.url, hsm_backup
+    )
     env = {
         **os.environ,
         "ANODE_DATABASE_URL": tree.pop("database_url"),
