@@ -9,10 +9,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anode import custody_cli
+from anode import custody_cli, deposit_cli, policy_cli
 from anode.config import Settings, config_path, load_settings, load_signer_settings
 from anode.errors import AnodeError, ConfigError, StoreUnavailable
 from anode.keyserver.cli import add_commands as add_keyserver_commands
+from anode.kms.cli import add_commands as add_kms_commands
 from anode.serving import serve_settings
 
 if TYPE_CHECKING:
@@ -43,13 +44,17 @@ def _sandbox(args: argparse.Namespace) -> None:
 
 
 def _ops_list(args: argparse.Namespace) -> None:
+    from anode.progress import Progress
     from anode.store.ledger import SqlLedger
 
     engine = _ledger_engine(_settings(args), args.config)
+    progress = Progress("reading the ledger", forced=args.progress)
+    progress.advance(0)
     try:
         rows = SqlLedger(engine).find_now(sender=args.sender, since=args.since, until=args.until, limit=args.limit)
     finally:
         engine.dispose()
+    progress.label, progress.total = "operations listed", len(rows)
     head = f"{'time':32} {'sender':42} {'nonce':>8} {'max cost (wei)':>22}"
     print(f"{head} {'status':8} {'actual cost (wei)':>22} userOpHash")
     for row in rows:
@@ -61,6 +66,8 @@ def _ops_list(args: argparse.Namespace) -> None:
             f"{row['created_at']:32} {row['sender']:42} {hex(row['nonce']):>8} {cost:>22} {status:8} "
             f"{'' if actual is None else actual:>22} {row['user_op_hash']}"
         )
+        progress.advance()
+    progress.done()
     print(f"{len(rows)} operation(s)")
 
 
@@ -232,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file (ANODE_* environment variables override it)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, help="server processes (default server.workers, 1)")
+    serve.add_argument("--workers", help="server processes, or 'auto' for one per core (default server.workers, 1)")
     serve.set_defaults(run=_serve)
 
     sandbox = commands.add_parser("sandbox", help="local chain with all contracts, and aNode serving on it")
@@ -250,6 +257,7 @@ def parser() -> argparse.ArgumentParser:
     ops_list.add_argument("--since", type=_moment, help="from this time, inclusive: ISO-8601, UTC unless an offset")
     ops_list.add_argument("--until", type=_moment, help="before this time, exclusive: ISO-8601, UTC unless an offset")
     ops_list.add_argument("--limit", type=_limit, default=50, help="at most this many rows, 1-1000 (default 50)")
+    ops_list.add_argument("--progress", action="store_true", help="progress on stderr (shown on a terminal anyway)")
     ops_list.set_defaults(run=_ops_list)
 
     keys = commands.add_parser("keys", help="API keys and signing keys").add_subparsers(dest="keys", required=True)
@@ -274,6 +282,7 @@ def parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=_keys_generate)
 
     add_keyserver_commands(commands)
+    add_kms_commands(commands)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db", required=True)
     db_upgrade = db.add_parser("upgrade", help="apply migrations (serve does this at start-up too)")
@@ -282,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
 
     custody_cli.add_key_commands(keys)
     custody_cli.add_audit_commands(commands)
+    deposit_cli.add_commands(commands)
+    policy_cli.add_commands(commands)
     return root
 
 

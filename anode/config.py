@@ -25,6 +25,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
@@ -292,6 +293,53 @@ def upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
+class FixedPrice(_Section):
+    """A price the operator sets: whole tokens per one whole native coin (1 ETH)."""
+
+    source: Literal["fixed"]
+    tokens_per_native: Decimal = Field(gt=0)
+
+
+class ChainlinkPrice(_Section):
+    """A price from two Chainlink ``AggregatorV3Interface`` feeds (token/USD and native/USD)."""
+
+    source: Literal["chainlink"]
+    token_usd_feed: str
+    native_usd_feed: str
+    #: a round older than this (``updatedAt``) is refused, never signed on
+    max_age_seconds: int = Field(3600, ge=1, le=7 * 86_400)
+
+    _check_feeds = field_validator("token_usd_feed", "native_usd_feed")(_address)
+
+
+class Erc20TokenSettings(_Section):
+    address: str
+    price: Annotated[FixedPrice | ChainlinkPrice, Field(discriminator="source")]
+
+    _check_address = field_validator("address")(_address)
+
+
+class Erc20Settings(_Section):
+    """A SingletonPaymaster's ERC-20 mode: users pay gas in these tokens, at a quoted rate."""
+
+    #: receives the tokens; it must have approved the paymaster (refunds of a prefund come from it)
+    treasury: str
+    #: added to the market rate in the exchange rate aNode signs
+    markup_percent: Decimal = Field(Decimal(0), ge=0, le=1000)
+    #: how long a quoted rate is the rate aNode signs
+    quote_valid_seconds: int = Field(60, ge=1, le=3600)
+    tokens: list[Erc20TokenSettings] = Field(min_length=1)
+    #: the gas ``postOp``'s token transfer is charged for (signed as ``postOpGas``)
+    post_op_gas: int = Field(50_000, ge=0, lt=1 << 128)
+    #: v0.7+: the least ``paymasterPostOpGasLimit`` given to an ERC-20 operation (postOp moves the tokens)
+    post_op_gas_limit: int = Field(100_000, ge=1, lt=1 << 128)
+    #: how long a sender's token balance and allowance are reused before signing (0: read every
+    #: time); a refusal is always re-read fresh, so only an acceptance rests on a cached read
+    funds_cache_seconds: float = Field(2.0, ge=0, le=60)
+
+    _check_treasury = field_validator("treasury")(_address)
+
+
 class PaymasterSettings(_Section):
     entry_point: str
     address: str
@@ -301,6 +349,10 @@ class PaymasterSettings(_Section):
     entry_point_version: Literal["v0.6", "v0.7", "v0.8"] | None = None
     verification_gas_limit: int = Field(100_000, ge=0, lt=1 << 128)
     post_op_gas_limit: int = Field(0, ge=0, lt=1 << 128)
+    #: ERC-20 mode (``contract: singleton`` only): users pay gas in tokens
+    erc20: Erc20Settings | None = None
+    #: below this EntryPoint deposit (wei) aNode alerts (``alerts:``) and ``/health`` is degraded
+    low_balance_wei: int | None = Field(None, ge=0, lt=1 << 256)
 
     _check_addresses = field_validator("entry_point", "address")(_address)
     _check_contract = field_validator("contract")(_paymaster_family)
@@ -344,12 +396,24 @@ class PipelineSettings(_Section):
     modules: list[ModuleEntry] = Field(default_factory=lambda: [ModuleEntry(name="paymaster_signer")])
 
 
+def worker_count(workers: int | str) -> int:
+    """``server.workers`` / ``--workers`` as a number of processes: ``auto`` is one per usable core."""
+    if workers == "auto":
+        return max(1, min(64, len(os.sched_getaffinity(0))))
+    if isinstance(workers, str):
+        if not workers.isdigit() or not 1 <= int(workers) <= 64:
+            raise ConfigError(f"--workers must be a number from 1 to 64 or 'auto', not {workers!r}")
+        return int(workers)
+    return workers
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, lt=65536)
-    #: server processes sharing the port (one Python process uses one core). Every piece of shared
-    #: state (ledger, limits, confirmations, audit chain) lives in the database or Redis.
-    workers: int = Field(1, ge=1, le=64)
+    #: server processes sharing the port (one Python process uses one core), or ``auto``: one per
+    #: core this process may run on. Every piece of shared state (ledger, limits, confirmations,
+    #: audit chain) lives in the database or Redis.
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
     #: largest request body (JSON-RPC and REST); a larger one is answered 413 before it is read
     max_body_bytes: int = Field(1_048_576, ge=1_024, le=64 * 1_048_576)
     #: most calls in one JSON-RPC batch
@@ -371,6 +435,42 @@ class WatchSettings(_Section):
     start_block: int | None = Field(None, ge=0)
     #: a follower that stops renewing its lease for this long is replaced by another process's
     lease_seconds: float = Field(30.0, gt=0, le=3600)
+    #: where the lease lives: ``database`` (a row in it) or ``redis`` (a key in ``redis_url``'s Redis)
+    lease: Literal["database", "redis"] = "database"
+
+
+class DepositSettings(_Section):
+    """The deposit monitor (``anode/watch/deposits.py``): each paymaster's EntryPoint deposit."""
+
+    enabled: bool = True
+    #: seconds between reads of every deposit (and between samples kept for the dashboard)
+    poll_seconds: float = Field(30.0, gt=0, le=3600)
+    #: samples older than this are deleted
+    retention_days: int = Field(30, ge=1, le=3650)
+    #: refuse (``ANODE_050_DEPOSIT_TOO_LOW``) an operation whose maximum cost the deposit cannot cover
+    refuse_below_cost: bool = True
+
+
+class AlertSettings(_Section):
+    """Where a low deposit is reported: a webhook ``POST`` signed with HMAC-SHA256 (docs/operations.md)."""
+
+    webhook_url: EndpointUrl | None = None
+    webhook_secret: SecretStr | None = None
+    #: while a deposit stays low, at most one alert per paymaster this often
+    repeat_minutes: float = Field(60.0, gt=0, le=7 * 24 * 60)
+    timeout_seconds: float = Field(10.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> AlertSettings:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("alerts.webhook_url needs alerts.webhook_secret (the HMAC key receivers verify with)")
+        return self
+
+
+class FundingSettings(_Section):
+    """The key ``anode deposit add`` pays deposits from (``ANODE_FUNDING__PRIVATE_KEY`` in the environment)."""
+
+    private_key: SecretStr | None = None
 
 
 class Settings(_Section):
@@ -384,6 +484,9 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
+    deposits: DepositSettings = Field(default_factory=DepositSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    funding: FundingSettings = Field(default_factory=FundingSettings)
     #: Redis for shared caches and limits across processes (``redis://127.0.0.1:6379/0``); none: in-process
     redis_url: DatabaseUrl | None = None
     #: policies seeded at start-up (see the policy engine); managed at runtime through the API.

@@ -36,13 +36,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _audit_verify(args: argparse.Namespace) -> None:
     import sqlalchemy as sa
 
-    from anode.store.audit import verify
+    from anode.progress import Progress
+    from anode.store.audit import count_records, verify
     from anode.store.audit_ledger import cross_check
     from anode.store.database import create_engine
 
     engine = create_engine(_settings(args).database_url.get_secret_value())
     try:
-        result = verify(engine)
+        progress = Progress("audit records checked", forced=args.progress)
+        if progress.shown:
+            progress.total = count_records(engine)
+        result = verify(engine, progress=progress.advance if progress.shown else None, batch=10_000)
+        progress.done()
         ledger = cross_check(engine) if result.ok else None
     except sa.exc.SQLAlchemyError as exc:
         raise ConfigError(f"cannot read the audit log ({type(exc).__name__}): is the schema migrated?") from None
@@ -81,6 +86,7 @@ def add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "record, or a ledger row changed or deleted",
     )
     verify.add_argument("--config")
+    verify.add_argument("--progress", action="store_true", help="show progress on stderr (shown on a terminal anyway)")
     verify.set_defaults(run=_audit_verify)
 
 

@@ -3,15 +3,34 @@
     AnodeError                         every error aNode raises on purpose
     ├── InvalidRequest (ValueError)    the caller sent something malformed     -32602 / 400
     │   ├── UnsupportedChain           chainId not served                      -32602 / 400
-    │   └── UnsupportedEntryPoint      entryPoint not served on that chain     -32602 / 400
+    │   ├── UnsupportedEntryPoint      entryPoint not served on that chain     -32602 / 400
+    │   ├── Erc20NotConfigured         paymaster has no ERC-20 mode            -32602 / 400
+    │   ├── TokenNotSupported          token not configured for ERC-20 mode    -32602 / 400
+    │   ├── KeyInUrl                   a key in the dashboard's URL            -32602 / 400
+    │   └── RelayChainRequired         a relayed eth_* call names no chain     -32602 / 400
     ├── MethodNotFound                 unknown JSON-RPC method                 -32601 / 404
     ├── ModuleNotConfigured            endpoint of a module not configured     -32601 / 404
     ├── Unauthorized                   missing or wrong API key                -32001 / 401
     ├── Forbidden                      valid key, not allowed (admin only)     -32001 / 403
     ├── SponsorshipRefused             aNode will not pay for this operation   -32501 / 403
-    │   └── ConfirmationRequired       the user must confirm (security filter) -32501 / 403
+    │   ├── ConfirmationRequired       the user must confirm (security filter) -32501 / 403
+    │   ├── DepositTooLow              the paymaster's deposit cannot pay it   -32501 / 403
+    │   ├── TokenBalanceLow            the sender holds too few tokens to pay  -32501 / 403
+    │   ├── TokenAllowanceLow          the paymaster may not take enough       -32501 / 403
+    │   └── MaxTokenAmountExceeded     the cost passes the caller's maximum    -32501 / 403
+    ├── KmsRefused                     the KMS will not sign (anode/kms/)      -32502 / 403
+    │   ├── KmsUnauthenticated         the passkey assertion does not verify   -32502 / 401
+    │   ├── KmsReplay                  a nonce, challenge or assertion reused  -32502 / 409
+    │   ├── KmsStale                   timestamp outside the window, expired   -32502 / 400
+    │   └── KmsNotFound                unknown account, passkey or signer      -32502 / 404
     ├── UpstreamRejected               the bundler or node refused the op      -32500 / 422
+    │   └── BundlerRejected            a relayed eth_* call: the bundler's own error, code and data as it sent them
     ├── ServiceUnavailable             a dependency is down (node, store, ...) -32603 / 503
+    │   ├── PriceUnavailable           no token price aNode may sign on        -32603 / 503
+    │   │   ├── PriceStale             a feed's round is older than allowed
+    │   │   ├── PriceRoundIncomplete   answeredInRound < roundId (or no round)
+    │   │   ├── PriceInvalid           answer <= 0, or a rate out of range
+    │   │   └── PriceFeedUnreachable   the feed (or the token) cannot be read
     │   ├── ChainUnavailable
     │   ├── BundlerUnavailable
     │   ├── SignerUnavailable
@@ -96,6 +115,13 @@ class ConfirmationRequired(SponsorshipRefused):
     code = "ANODE_021_CONFIRMATION_REQUIRED"
 
 
+class DepositTooLow(SponsorshipRefused):
+    """The paymaster's EntryPoint deposit is below the operation's maximum cost: every bundler would
+    refuse the operation (AA31), so aNode does not sign it."""
+
+    code = "ANODE_050_DEPOSIT_TOO_LOW"
+
+
 class Forbidden(AnodeError):
     """A valid key without the right: e.g. a project key calling an admin endpoint."""
 
@@ -108,6 +134,33 @@ class UpstreamRejected(AnodeError):
     code = "ANODE_UPSTREAM_REJECTED"
     rpc_code = -32500
     http_status = 422
+
+
+class RelayChainRequired(InvalidRequest):
+    """A relayed bundler call (``eth_*``) on a server with several chains, and no ``?chainId=`` in its URL."""
+
+    code = "ANODE_RELAY_CHAIN_REQUIRED"
+
+
+class BundlerRejected(UpstreamRejected):
+    """The bundler's error for a call aNode relays (``eth_sendUserOperation``, …): answered as it came.
+
+    ``upstream`` is the bundler's JSON-RPC error object; ``api/errors.py`` answers it unchanged
+    (its ``code``, ``message`` and ``data``), so a client sees what the bundler said (AA codes,
+    -32602, -32500 …) as if it had called the bundler itself.
+    """
+
+    code = "ANODE_BUNDLER_REJECTED"
+
+    def __init__(self, upstream: dict[str, Any]) -> None:
+        code, message = upstream.get("code"), upstream.get("message")
+        self.upstream: dict[str, Any] = {
+            "code": code if isinstance(code, int) and not isinstance(code, bool) else -32500,
+            "message": message if isinstance(message, str) else "the bundler refused the call",
+        }
+        if "data" in upstream:
+            self.upstream["data"] = upstream["data"]
+        super().__init__(f"bundler: {self.upstream['message']}", data={"bundlerError": self.upstream})
 
 
 class ServiceUnavailable(AnodeError):
@@ -134,3 +187,106 @@ class StoreUnavailable(ServiceUnavailable):
 
 class ConfigError(AnodeError):
     code = "ANODE_CONFIG_ERROR"
+
+
+# -- the dual-signature KMS (anode/kms/): each refusal carries its own ``ANODE_KMS_…`` code ----------
+
+
+class KmsRefused(AnodeError):
+    """The KMS will not sign: the paymaster's signature or authorization is missing or wrong."""
+
+    code = "ANODE_KMS_REFUSED"
+    rpc_code = -32502
+    http_status = 403
+
+
+class KmsUnauthenticated(KmsRefused):
+    """The user's passkey assertion is missing or does not verify for this account and operation."""
+
+    code = "ANODE_KMS_PASSKEY_INVALID"
+    http_status = 401
+
+
+class KmsReplay(KmsRefused):
+    """Something single-use was presented twice: a nonce, a challenge, an assertion's counter."""
+
+    code = "ANODE_KMS_REPLAY"
+    http_status = 409
+
+
+class KmsStale(KmsRefused):
+    """A timestamp outside the window, or a challenge past its expiry."""
+
+    code = "ANODE_KMS_STALE"
+    http_status = 400
+
+
+class KmsNotFound(KmsRefused):
+    """An account, credential or authorized signer the KMS does not know."""
+
+    code = "ANODE_KMS_NOT_FOUND"
+    http_status = 404
+
+
+class KeyInUrl(InvalidRequest):
+    """A key in the dashboard's query string: URLs end up in browser history, proxies and logs."""
+
+    code = "ANODE_KEY_IN_URL"
+
+
+# -- token prices for ERC-20 mode (anode/pricing/) --------------------------------------------------
+
+
+class Erc20NotConfigured(InvalidRequest):
+    """ERC-20 mode asked of a paymaster that has no ``erc20:`` section (or is not served)."""
+
+    code = "ANODE_ERC20_NOT_CONFIGURED"
+
+
+class TokenNotSupported(InvalidRequest):
+    """A token the paymaster's ``erc20.tokens`` does not list; ``data.supported`` lists those it does."""
+
+    code = "ANODE_ERC20_TOKEN_NOT_SUPPORTED"
+
+
+class PriceUnavailable(ServiceUnavailable):
+    """No price aNode may sign on: the message names the feed (or token) and why."""
+
+    code = "ANODE_PRICE_UNAVAILABLE"
+
+
+class PriceStale(PriceUnavailable):
+    code = "ANODE_PRICE_STALE"
+
+
+class PriceRoundIncomplete(PriceUnavailable):
+    code = "ANODE_PRICE_ROUND_INCOMPLETE"
+
+
+class PriceInvalid(PriceUnavailable):
+    code = "ANODE_PRICE_INVALID"
+
+
+class PriceFeedUnreachable(PriceUnavailable):
+    code = "ANODE_PRICE_FEED_UNREACHABLE"
+
+
+# -- ERC-20 mode: the sender must be able to pay (anode/sponsorship_erc20.py) --------------------
+
+
+class TokenBalanceLow(SponsorshipRefused):
+    """The sender's token balance is below the most the operation can be charged."""
+
+    code = "ANODE_ERC20_TOKEN_BALANCE_LOW"
+
+
+class TokenAllowanceLow(SponsorshipRefused):
+    """Neither the sender's allowance nor an ``approve`` leading its calls covers the maximum charge."""
+
+    code = "ANODE_ERC20_TOKEN_ALLOWANCE_LOW"
+
+
+class MaxTokenAmountExceeded(SponsorshipRefused):
+    """The most the operation can be charged is above the caller's ``maxTokenAmount``."""
+
+    code = "ANODE_ERC20_MAX_TOKEN_AMOUNT_EXCEEDED"

@@ -15,6 +15,9 @@ default: several apps in one process (tests, two servers in a benchmark) keep se
     anode_watch_operations_total{chain,outcome}          outcomes the EntryPoint follower recorded: included, expired
     anode_watch_unknown_operations_total{chain,paymaster}  inclusions for a paymaster that the ledger never signed
     anode_watch_block{chain}                             the last block the follower processed
+    anode_paymaster_deposit_wei{chain,entry_point,paymaster}  the paymaster's EntryPoint deposit, last read
+    anode_paymaster_deposit_low{chain,entry_point,paymaster}  1 while the deposit is below low_balance_wei
+    anode_deposit_alerts_total{chain,paymaster,result}   low-balance webhooks: sent, failed
     anode_worker_info{pid}                               1, labelled with the process id: each process
                                                          of ``anode serve --workers N`` counts on its own
 """
@@ -22,7 +25,7 @@ default: several apps in one process (tests, two servers in a benchmark) keep se
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
 
@@ -79,6 +82,8 @@ class Metrics:
             "anode_sponsorships", "Sponsorship requests, by method and result", ["method", "result"], registry=r
         )
         self._sponsorship_children: dict[tuple[str, str], Counter] = {}
+        #: called with (method, result) for every sponsorship answer (the dashboard's hourly counts)
+        self.sponsorship_listeners: list[Callable[[str, str], None]] = []
         self.worker = Gauge("anode_worker_info", "This server process (one per --workers process)", ["pid"], registry=r)
         self.worker.labels(str(os.getpid())).set(1)
         self.request_latency = Histogram(
@@ -99,6 +104,17 @@ class Metrics:
             registry=r,
         )
         self.watched_block = Gauge("anode_watch_block", "Last block the follower processed", ["chain"], registry=r)
+        deposit_labels = ["chain", "entry_point", "paymaster"]
+        self.deposit = Gauge(
+            "anode_paymaster_deposit_wei", "The paymaster's EntryPoint deposit, last read", deposit_labels, registry=r
+        )
+        self.deposit_low = Gauge(
+            "anode_paymaster_deposit_low", "1 while the deposit is below low_balance_wei", deposit_labels, registry=r
+        )
+        self.deposit_alerts = Counter(
+            "anode_deposit_alerts", "Low-deposit webhooks, by result (sent, failed)", ["chain", "paymaster", "result"],
+            registry=r,
+        )  # fmt: skip
 
     @contextmanager
     def sponsorship(self, method: str) -> Iterator[None]:
@@ -115,6 +131,8 @@ class Metrics:
 
     def _sponsorship(self, method: str, result: str) -> Counter:
         """The counter child of (method, result), looked up once (``labels`` locks and builds keys)."""
+        for listener in self.sponsorship_listeners:
+            listener(method, result)
         child = self._sponsorship_children.get((method, result))
         if child is None:
             child = self._sponsorship_children[(method, result)] = self.sponsorships.labels(method, result)

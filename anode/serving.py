@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anode.config import Settings, ignored_variables
+from anode.config import Settings, ignored_variables, worker_count
 from anode.errors import ConfigError
 from anode.redact import configure_logging
 
@@ -27,7 +27,7 @@ def serve_settings(
     host: str | None,
     port: int | None,
     *,
-    workers: int | None = None,
+    workers: int | str | None = None,
     config_path: Path | None = None,
 ) -> None:
     """Serve ``settings``; with several workers each process builds its own aNode from ``config_path``.
@@ -43,7 +43,7 @@ def serve_settings(
     configure_logging(settings.log_level)
     for name in ignored_variables(os.environ):
         log.info("environment variable %s names no aNode setting: ignored", name)
-    count = workers or settings.server.workers
+    count = worker_count(workers or settings.server.workers)
     refuse_ineffective(settings, workers=count)
     options = {
         "host": host or settings.server.host,

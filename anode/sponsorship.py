@@ -19,19 +19,30 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from anode.chain.fees import suggest_fees
 from anode.config import SponsorshipSettings
-from anode.errors import BundlerUnavailable, ConfirmationRequired, InvalidRequest, SponsorshipRefused
+from anode.errors import (
+    BundlerUnavailable,
+    ConfirmationRequired,
+    Erc20NotConfigured,
+    InvalidRequest,
+    SponsorshipRefused,
+)
 from anode.metrics import Metrics
 from anode.paymasters.base import ValidityWindow, dummy_signature
 from anode.pipeline.base import Context
+from anode.pipeline.modules.policy_engine import RESERVATIONS
 from anode.pipeline.routes import Route, RouteTable
 from anode.pipeline.runner import Pipeline, PipelineReport
 from anode.signers.base import SignedDigest, Signer, sign_eip191
 from anode.signers.manager import ManagedSigner
+from anode.sponsorship_erc20 import ERC20, VERIFYING, TokenMode, TokenPayment
 from anode.store.ledger import Ledger, SponsorshipRecord
+from anode.store.reconcile import Reservation
 from anode.userop.codec import checksum, to_hex
 from anode.userop.hashing import user_op_hash
 from anode.userop.models import UserOperation, UserOperationV06, UserOperationV07, parse_user_op
+from anode.watch.deposits import DepositMonitor
 
 log = logging.getLogger("anode.sponsor")
 
@@ -60,6 +71,13 @@ class Sponsored:
     window: ValidityWindow
     user_op_hash: bytes | None
     report: PipelineReport | None = None
+    #: ERC-20 mode: the token terms signed (``None``: verifying mode, the sponsor pays)
+    payment: TokenPayment | None = None
+
+    @property
+    def max_token_cost(self) -> int | None:
+        """ERC-20 mode: the most the operation can be charged, in token base units."""
+        return None if self.payment is None else self.payment.max_cost(self.op)
 
     @property
     def paymaster_data(self) -> bytes:
@@ -79,8 +97,14 @@ class SponsorshipService:
         *,
         signing: bool = True,
         metrics: Metrics | None = None,
+        deposits: DepositMonitor | None = None,
+        tokens: TokenMode | None = None,
     ) -> None:
+        #: ERC-20 mode (``context.token``) for the paymasters with an ``erc20:`` section
+        self.tokens = tokens
         self.metrics = metrics if metrics is not None else Metrics()
+        #: refuses an operation the paymaster's deposit cannot pay for (``watch/deposits.py``)
+        self.deposits = deposits
         self.pipeline = pipeline or Pipeline([])
         self.signing = signing
         self.routes = routes
@@ -116,13 +140,43 @@ class SponsorshipService:
         route.paymaster.check(op)
         return route, op, self._window(request.context)
 
+    async def _payment(
+        self, route: Route, request: SponsorRequest, window: ValidityWindow
+    ) -> tuple[TokenPayment | None, ValidityWindow]:
+        """ERC-20 mode when ``context.token`` asks for it: the quoted terms, and a window no longer
+        than a quote is valid (the rate is the market's for that long)."""
+        context = request.context
+        if not isinstance(context, dict) or context.get("token") is None:
+            return None, window
+        if self.tokens is None:
+            raise Erc20NotConfigured(
+                "no paymaster on this server has ERC-20 mode (erc20: in its configuration); drop context.token"
+            )
+        payment = await self.tokens.payment(route, context)
+        if payment is None:
+            return None, window
+        seconds = self.tokens.settings(route).quote_valid_seconds
+        return payment, replace(window, valid_until=min(window.valid_until, int(self._clock()) + seconds))
+
     async def _evaluate(
-        self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest, *, final: bool
+        self,
+        route: Route,
+        op: UserOperation,
+        window: ValidityWindow,
+        request: SponsorRequest,
+        *,
+        final: bool,
+        payment: TokenPayment | None = None,
     ) -> tuple[Context, PipelineReport]:
         """Run the pipeline; a block or an unconfirmed warning becomes the matching error."""
         family = route.paymaster
-        shaped = family.attach(op, family.encode(window, dummy_signature()))
+        if payment is None:
+            shaped = family.attach(op, family.encode(window, dummy_signature()))
+        else:
+            shaped = payment.shape(op, window)
         ctx = Context(route, shaped, request, request.api_key_id, final, shaped.max_gas_cost())
+        if payment is not None:
+            ctx.mode, ctx.token = ERC20, payment.token
         try:
             report = await self.pipeline.run(ctx)
         except BaseException:
@@ -143,16 +197,18 @@ class SponsorshipService:
         """Stub paymaster data: final length, a dummy signature, the same checks as the real call."""
         with self.metrics.sponsorship(request.method):
             route, op, window = self._prepare(request)
-            ctx, report = await self._evaluate(route, op, window, request, final=False)
+            payment, window = await self._payment(route, request, window)
+            ctx, report = await self._evaluate(route, op, window, request, final=False, payment=payment)
             # ctx.op: op with this paymaster's fields and a dummy signature, as the stub answers it
-            return Sponsored(route=route, op=ctx.op, window=window, user_op_hash=None, report=report)
+            return Sponsored(route=route, op=ctx.op, window=window, user_op_hash=None, report=report, payment=payment)
 
     async def sign(self, request: SponsorRequest) -> Sponsored:
         """Signed paymaster data, recorded in the ledger before it is returned."""
         with self.metrics.sponsorship(request.method):
             route, op, window = self._prepare(request)
             op.require_gas_fields(request.user_op)
-            return await self._decide_and_sign(route, op, window, request)
+            payment, window = await self._payment(route, request, window)
+            return await self._decide_and_sign(route, op, window, request, payment)
 
     async def sign_or_estimate(self, request: SponsorRequest) -> Sponsored:
         """REST and ``/process``: sign an operation that carries its gas fields as it is; estimate
@@ -168,11 +224,17 @@ class SponsorshipService:
         """The pipeline's decision alone (nothing reserved, nothing signed): ``paymaster_signer`` disabled."""
         with self.metrics.sponsorship(request.method):
             route, op, window = self._prepare(request)
-            _, report = await self._evaluate(route, op, window, request, final=False)
+            payment, window = await self._payment(route, request, window)
+            _, report = await self._evaluate(route, op, window, request, final=False, payment=payment)
             return report
 
     async def _decide_and_sign(
-        self, route: Route, op: UserOperation, window: ValidityWindow, request: SponsorRequest
+        self,
+        route: Route,
+        op: UserOperation,
+        window: ValidityWindow,
+        request: SponsorRequest,
+        payment: TokenPayment | None = None,
     ) -> Sponsored:
         op.check_gas_bounds()  # a bundler's estimate is input too
         if not self.signing:
@@ -181,9 +243,15 @@ class SponsorshipService:
                 "POST /api/v1/paymaster/process answers the decision only",
                 code="ANODE_030_SIGNING_DISABLED",
             )
-        ctx, report = await self._evaluate(route, op, window, request, final=True)
+        ctx, report = await self._evaluate(route, op, window, request, final=True, payment=payment)
         try:
-            sponsored = await self._sign(route, ctx.op, window, request)
+            if payment is not None:  # the sender can pay the most the op can cost, or nothing is signed
+                await payment.check_funds(ctx.op)
+            if self.deposits is not None:  # from memory: the monitor's last read, less what was signed since
+                self.deposits.guard(route.chain_id, route.entry_point, ctx.max_gas_cost)
+            sponsored = await self._sign(
+                route, ctx.op, window, request, ctx.facts.get(RESERVATIONS, ()), payment=payment
+            )
         except BaseException:
             await _undo(ctx)
             raise
@@ -202,30 +270,49 @@ class SponsorshipService:
                 "estimates gas through a bundler; use pm_getPaymasterStubData/pm_getPaymasterData instead"
             )
         op.require_fee_fields(request.user_op)  # the estimate gives gas limits only; never sign a fee of 0 by default
+        payment, window = await self._payment(route, request, window)
         # the pipeline decides before the bundler is asked (as for a stub: nothing reserved), so
         # a refused operation costs no bundler call and is refused with its module's code, the
         # same answer pm_getPaymasterData gives; the final run after the estimate reserves
-        ctx, _ = await self._evaluate(route, op, window, request, final=False)
-        stubbed = ctx.op
-        if not stubbed.signature:
-            stubbed = stubbed.model_copy(update={"signature": dummy_signature()})
-        estimate = await route.bundler.estimate_user_operation_gas(
-            stubbed.model_dump(by_alias=True, exclude_none=True), route.entry_point_hex
-        )
-        update: dict[str, int] = {
-            "call_gas_limit": estimate.get("callGasLimit", op.call_gas_limit),
-            "verification_gas_limit": estimate.get("verificationGasLimit", op.verification_gas_limit),
-            "pre_verification_gas": estimate.get("preVerificationGas", op.pre_verification_gas),
-        }
-        if isinstance(op, UserOperationV07):
-            if "paymasterVerificationGasLimit" in estimate:
-                update["paymaster_verification_gas_limit"] = estimate["paymasterVerificationGasLimit"]
-            if "paymasterPostOpGasLimit" in estimate:
-                update["paymaster_post_op_gas_limit"] = estimate["paymasterPostOpGasLimit"]
-        return await self._decide_and_sign(route, op.model_copy(update=update), window, request)
+        ctx, _ = await self._evaluate(route, op, window, request, final=False, payment=payment)
+        estimated = await _bundler_estimate(route, op, ctx.op)
+        return await self._decide_and_sign(route, estimated, window, request, payment)
+
+    async def estimate(self, request: SponsorRequest) -> Sponsored:
+        """REST ``/estimate``: the operation's gas limits (through the chain's bundler, or its own)
+        and fees (its own, or suggested from the node's fee history), judged by the pipeline as a
+        stub is, in the mode it asks for; nothing is reserved or signed."""
+        with self.metrics.sponsorship(request.method):
+            route, _, _ = self._prepare(request)
+            raw = request.user_op
+            if isinstance(raw, dict) and (raw.get("maxFeePerGas") is None or raw.get("maxPriorityFeePerGas") is None):
+                fees = await suggest_fees(route.chain)
+                raw = {
+                    **raw,
+                    "maxFeePerGas": raw.get("maxFeePerGas") or hex(fees.max_fee_per_gas),
+                    "maxPriorityFeePerGas": raw.get("maxPriorityFeePerGas") or hex(fees.max_priority_fee_per_gas),
+                }
+                request = replace(request, user_op=raw)
+            route, op, window = self._prepare(request)
+            payment, window = await self._payment(route, request, window)
+            if route.bundler is not None:
+                ctx, _ = await self._evaluate(route, op, window, request, final=False, payment=payment)
+                op = await _bundler_estimate(route, op, ctx.op)
+            else:
+                op.require_gas_fields(request.user_op)
+            op.check_gas_bounds()
+            ctx, report = await self._evaluate(route, op, window, request, final=False, payment=payment)
+            return Sponsored(route=route, op=ctx.op, window=window, user_op_hash=None, report=report, payment=payment)
 
     async def _sign(
-        self, route: Route, shaped: UserOperation, window: ValidityWindow, request: SponsorRequest
+        self,
+        route: Route,
+        shaped: UserOperation,
+        window: ValidityWindow,
+        request: SponsorRequest,
+        reservations: tuple[Reservation, ...] = (),
+        *,
+        payment: TokenPayment | None = None,
     ) -> Sponsored:
         """Sign ``shaped`` (the operation as the pipeline judged it: this paymaster's fields and a
         dummy signature, ``Context.op``) and answer that very operation with the real signature
@@ -235,7 +322,10 @@ class SponsorshipService:
         sender_nonce = 0
         if family.needs_sender_nonce:
             sender_nonce = await route.chain.sender_nonce(family.address, shaped.sender)
-        digest = family.digest(shaped, window, route.chain_id, sender_nonce)
+        if payment is None:
+            digest = family.digest(shaped, window, route.chain_id, sender_nonce)
+        else:
+            digest = payment.digest(shaped, window)
         signer = self.signer
         signed: SignedDigest
         if isinstance(signer, ManagedSigner):
@@ -244,7 +334,10 @@ class SponsorshipService:
         else:
             signed = await sign_eip191(signer, digest)
             backend = signer.backend
-        final = family.attach(shaped, family.encode(window, signed.signature))
+        if payment is None:
+            final = family.attach(shaped, family.encode(window, signed.signature))
+        else:
+            final = payment.with_data(shaped, window, signed.signature)
         op_hash = user_op_hash(final, route.version, route.entry_point, route.chain_id)
         await self.ledger.record(
             SponsorshipRecord(
@@ -263,9 +356,14 @@ class SponsorshipService:
                 method=request.method,
                 backend=backend,
                 request_id=request.request_id,
+                reservations=reservations,
+                mode=VERIFYING if payment is None else ERC20,
+                token=None if payment is None else payment.token,
+                exchange_rate=None if payment is None else payment.terms.exchange_rate,
+                max_token_amount=None if payment is None else payment.max_cost(final),
             )
         )
-        return Sponsored(route=route, op=final, window=window, user_op_hash=op_hash)
+        return Sponsored(route=route, op=final, window=window, user_op_hash=op_hash, payment=payment)
 
 
 def processing(report: PipelineReport) -> dict[str, Any]:
@@ -290,3 +388,24 @@ async def _undo(ctx: Context) -> None:
         except Exception:
             log.exception("a compensation failed (it can only over-count); running the others")
     ctx.compensations.clear()
+
+
+async def _bundler_estimate(route: Route, op: UserOperation, stubbed: UserOperation) -> UserOperation:
+    """``op`` with the gas limits the chain's bundler estimates for ``stubbed`` (op with stub data)."""
+    assert route.bundler is not None
+    if not stubbed.signature:
+        stubbed = stubbed.model_copy(update={"signature": dummy_signature()})
+    estimate = await route.bundler.estimate_user_operation_gas(
+        stubbed.model_dump(by_alias=True, exclude_none=True), route.entry_point_hex
+    )
+    update: dict[str, int] = {
+        "call_gas_limit": estimate.get("callGasLimit", op.call_gas_limit),
+        "verification_gas_limit": estimate.get("verificationGasLimit", op.verification_gas_limit),
+        "pre_verification_gas": estimate.get("preVerificationGas", op.pre_verification_gas),
+    }
+    if isinstance(op, UserOperationV07):
+        if "paymasterVerificationGasLimit" in estimate:
+            update["paymaster_verification_gas_limit"] = estimate["paymasterVerificationGasLimit"]
+        if "paymasterPostOpGasLimit" in estimate:
+            update["paymaster_post_op_gas_limit"] = estimate["paymasterPostOpGasLimit"]
+    return op.model_copy(update=update)

@@ -11,25 +11,30 @@ from anode.api.auth import ApiKeys
 from anode.chain.bundler import BundlerClient
 from anode.chain.cache import TTLCache
 from anode.chain.client import ChainClient
-from anode.config import Settings
+from anode.config import Erc20Settings, Settings, worker_count
 from anode.custody.rotation import acceptance_check
 from anode.errors import ConfigError
 from anode.metrics import Metrics
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.base import Module
 from anode.pipeline.deps import Dependencies
+from anode.pipeline.modules.policy_engine import engine_of
 from anode.pipeline.registry import SIGNING_STEP, build_modules, check_names
 from anode.pipeline.routes import Route, RouteTable, build_family, entry_point_version
 from anode.pipeline.runner import Pipeline
 from anode.pipeline.selfcheck import verified_family
+from anode.pricing import PriceBook
 from anode.signers.manager import ManagedSigner, PaymasterTarget
 from anode.signers.manager_settings import backend_settings
 from anode.signers.registry import IN_MEMORY_BACKENDS, check_production
 from anode.sponsorship import SponsorshipService
+from anode.sponsorship_erc20 import TokenMode
 from anode.store.api_keys import SqlApiKeys
+from anode.store.dashboard import DashboardStore, OutcomeCounter
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import Ledger, SqlLedger
 from anode.userop.codec import parse_address
+from anode.watch.deposits import DepositMonitor, WatchedDeposit
 from anode.watch.follower import Follower, WatchedChain
 
 if TYPE_CHECKING:
@@ -55,10 +60,19 @@ class Anode:
     #: the ``paymaster_signer`` step is enabled: operations that pass are signed
     signing: bool = True
     metrics: Metrics = field(default_factory=Metrics)
+    #: the dashboard's reads, and this process's sponsorship answers counted per hour for it
+    dashboard: DashboardStore | None = None
+    outcomes: OutcomeCounter | None = None
     #: the EntryPoint follower (``watch.enabled``), run as a background task between start and close
     follower: Follower | None = None
     _follower_stop: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
     _follower_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    #: the deposit monitor (``deposits.enabled``): read once at start, then a background task
+    deposits: DepositMonitor | None = None
+    _deposits_stop: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _deposits_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    #: ERC-20 mode: the price book (refreshed in the background between start and close)
+    prices: PriceBook | None = None
 
     #: :meth:`start` has completed (starting again does nothing)
     started: bool = field(default=False, init=False)
@@ -83,8 +97,18 @@ class Anode:
             if kind in IN_MEMORY_BACKENDS and self.settings.environment == "production":
                 log.warning("signer %s: a %s key (plain form, in process memory) signs in production", name, kind)
         log.info("aNode signing as %s (%s)", self.signer.address, self.signer.backend)
+        if self.prices is not None:
+            await self.prices.start()
+        if self.service.tokens is not None:
+            for problem in await self.service.tokens.treasury_allowances(list(self.routes)):
+                log.warning("ERC-20 mode: %s (refunds of a prefund would fail; /health reports it)", problem)
         if self.follower is not None:
             self._follower_task = asyncio.create_task(self.follower.run(self._follower_stop))
+        if self.deposits is not None:
+            await self.deposits.refresh()  # the guard and /metrics have a value before the first request
+            self._deposits_task = asyncio.create_task(self.deposits.run(self._deposits_stop))
+        if self.outcomes is not None:
+            self.outcomes.start()
         self.started = True
 
     async def check(self) -> None:
@@ -109,12 +133,22 @@ class Anode:
         if task is not None:
             self._follower_stop.set()
             await task
+        deposits_task, self._deposits_task = self._deposits_task, None
+        if deposits_task is not None:
+            self._deposits_stop.set()
+            await deposits_task
+        if self.deposits is not None:
+            await self.deposits.aclose()
+        if self.prices is not None:
+            await self.prices.aclose()
         for module in (*self.service.pipeline.checks, *self.service.pipeline.policies):
             close = getattr(module, "aclose", None)
             if close is not None:
                 await close()
         for client in self.clients:
             await client.aclose()
+        if self.outcomes is not None:
+            self.outcomes.close()
         await self.ledger.aclose()
         await self.signer.aclose()
         if self.deps is not None and self.deps.redis is not None:
@@ -149,7 +183,7 @@ def refuse_ineffective(settings: Settings, *, workers: int | None = None) -> Non
         )
     if engine is not None:
         limiter = engine.config.get("limiter", "auto")
-        count = settings.server.workers if workers is None else workers
+        count = worker_count(settings.server.workers) if workers is None else workers
         if limiter == "memory" and count > 1:
             raise ConfigError(
                 f"{POLICY_ENGINE}.config.limiter is memory, but {count} worker processes would each keep their own "
@@ -175,10 +209,13 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
     ledger = SqlLedger(engine)
     routes: list[Route] = []
     clients: list[ChainClient | BundlerClient] = []
+    erc20: dict[tuple[int, bytes], Erc20Settings] = {}
+    nodes: dict[int, ChainClient] = {}
     for chain in settings.chains:
         node = ChainClient(chain.rpc_url.get_secret_value())
         bundler = BundlerClient(chain.bundler_url.get_secret_value(), timeout=30.0) if chain.bundler_url else None
         clients.append(node)
+        nodes[chain.chain_id] = node
         if bundler is not None:
             clients.append(bundler)
         for pm in chain.paymasters:
@@ -189,10 +226,19 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
                 pm.contract, address, version, GasDefaults(pm.verification_gas_limit, pm.post_op_gas_limit)
             )
             routes.append(Route(chain.chain_id, entry_point, version, family, node, bundler))
+            if pm.erc20 is not None:
+                if pm.contract != "singleton":
+                    raise ConfigError(
+                        f"paymaster {pm.address}: erc20: needs contract: singleton (Pimlico's SingletonPaymaster), "
+                        f"not {pm.contract}"
+                    )
+                erc20[(chain.chain_id, address)] = pm.erc20
     if len({(route.chain_id, route.entry_point) for route in routes}) != len(routes):
         raise ConfigError("each (chain, entry_point) pair may have one paymaster")
     table = RouteTable(routes)
+    prices = PriceBook(erc20, nodes) if erc20 else None
     follower = _follower(settings, engine, routes, metrics) if settings.watch.enabled else None
+    deposits = _deposits(settings, engine, routes, metrics) if settings.deposits.enabled else None
     targets = [
         PaymasterTarget(
             r.chain_id,
@@ -227,9 +273,22 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
             redis = Redis(connection_pool=pool)
         deps = Dependencies(settings=settings, engine=engine, cache=_cache(redis), redis=redis)
         modules, signing = build_modules(settings.pipeline.modules, deps)
+        policy = engine_of(modules)
+        if follower is not None and policy is not None:  # reconciliation: reservations become actual costs
+            follower.limiter = policy.limiter
     service = SponsorshipService(
-        table, signer, ledger, settings.sponsorship, Pipeline(modules), signing=signing, metrics=metrics
+        table,
+        signer,
+        ledger,
+        settings.sponsorship,
+        Pipeline(modules),
+        signing=signing,
+        metrics=metrics,
+        deposits=deposits,
+        tokens=TokenMode(prices, erc20, deps.cache if deps is not None else None) if prices is not None else None,
     )
+    outcomes = OutcomeCounter(engine)
+    metrics.sponsorship_listeners.append(outcomes.add)
     return Anode(
         settings,
         signer,
@@ -243,6 +302,10 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
         signing=signing,
         metrics=metrics,
         follower=follower,
+        deposits=deposits,
+        prices=prices,
+        dashboard=DashboardStore(engine),
+        outcomes=outcomes,
     )
 
 
@@ -260,7 +323,21 @@ def _follower(settings: Settings, engine: sa.Engine, routes: list[Route], metric
                 confirmations,
             )
         )
-    return Follower(engine, chains, settings.watch, metrics)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url is not None else None
+    return Follower(engine, chains, settings.watch, metrics, redis_url=redis_url)
+
+
+def _deposits(settings: Settings, engine: sa.Engine, routes: list[Route], metrics: Metrics) -> DepositMonitor:
+    thresholds = {
+        (chain.chain_id, parse_address(pm.entry_point)): pm.low_balance_wei
+        for chain in settings.chains
+        for pm in chain.paymasters
+    }
+    watched = [
+        WatchedDeposit(r.chain_id, r.chain, r.entry_point, r.paymaster.address, thresholds[(r.chain_id, r.entry_point)])
+        for r in routes
+    ]
+    return DepositMonitor(watched, settings.deposits, settings.alerts, engine, metrics)
 
 
 def _cache(redis: Redis | None) -> TTLCache:

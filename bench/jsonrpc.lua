@@ -8,6 +8,8 @@
 -- per-address caches in the server get no more help than real traffic from many wallets gives.
 -- With SENDERS (a file of addresses, one per line) the senders cycle through that list instead,
 -- for checks that need a sender holding something (bench/pipeline.py); nonces stay distinct.
+-- The ERC-7677 context is {} unless the environment's BENCH_CONTEXT holds one (a JSON object,
+-- e.g. {"token":"0x…"} for ERC-20 mode: bench/erc20.py).
 -- A response is a success only when its status is 200 and its body holds "result"; anything
 -- else (a JSON-RPC error is also HTTP 200) is counted as a failure.
 -- done() prints one line, BENCH_JSON {...}, that bench/run.py reads.
@@ -53,7 +55,7 @@ function init(args)
   suffix = '","callData":"' .. CALL_DATA .. '",'
     .. '"callGasLimit":"0x186a0","verificationGasLimit":"0x186a0","preVerificationGas":"0xc350",'
     .. '"maxFeePerGas":"0x3b9aca00","maxPriorityFeePerGas":"0x3b9aca00"},"'
-    .. entry_point .. '","' .. chain_id .. '",{}]}'
+    .. entry_point .. '","' .. chain_id .. '",' .. (os.getenv("BENCH_CONTEXT") or "{}") .. ']}'
 end
 
 function request()

@@ -14,6 +14,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from anode.api import errors, limits
+from anode.api.dashboard import add_dashboard
+from anode.api.dashboard_auth import Sessions
 from anode.api.docs import add_docs
 from anode.api.jsonrpc.asgi import RPC_PATHS, JsonRpcEndpoint
 from anode.api.jsonrpc.context import CallContext
@@ -163,6 +165,7 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
     rpc_routes = {r.path: r for r in app.routes if isinstance(r, APIRoute) and r.path in RPC_PATHS}
     endpoint = JsonRpcEndpoint(super(AnodeApp, app).__call__, anode=anode, routes=rpc_routes)
     app.rpc_fast_path = metrics.RequestObserver(JsonErrors(endpoint), metrics=anode.metrics)
+    add_dashboard(app, Sessions(anode.api_keys))  # GET /dashboard, its assets and data
     add_docs(app)  # GET /docs (Swagger UI, its assets in the package) and GET /: after rpc_routes
     app.add_middleware(limits.BodyLimit, max_bytes=anode.settings.server.max_body_bytes)  # REST bodies
     app.add_middleware(metrics.RequestObserver, metrics=anode.metrics)

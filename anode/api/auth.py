@@ -70,13 +70,31 @@ class ApiKeys:
         key = self.presented(request)
         if key is None:
             raise Unauthorized("an API key is required: pass ?apikey=KEY or the header 'Authorization: Bearer KEY'")
+        found = await self.identify(key)
+        if found is None:
+            raise Unauthorized("the API key is not valid")
+        return found
+
+    async def identify(self, key: str) -> Caller | None:
+        """Whose key ``key`` is, or ``None`` for a key that is unknown or revoked."""
         hashed = hashlib.sha256(key.encode()).digest()
         found = self._known.get(hashed)
         if found is None:
             found = await self._lookup(hashed)
-        if found is None:
-            raise Unauthorized("the API key is not valid")
         return found
+
+    async def digest_of(self, ident: str) -> tuple[KeyKind, bytes] | None:
+        """The kind and SHA-256 digest of the live key known as ``ident`` (dashboard sessions are
+        signed with it: revoking the key ends them)."""
+        for hashed, known in self._known.items():
+            if known.key_id == ident:
+                return known.kind, hashed
+        if self._store is None:
+            return None
+        found: tuple[KeyKind, str] | None = await asyncio.get_running_loop().run_in_executor(
+            None, self._store.digest_of, ident
+        )
+        return None if found is None else (found[0], bytes.fromhex(found[1]))
 
     async def authenticate(self, request: Request) -> str | None:
         return (await self.caller(request)).key_id

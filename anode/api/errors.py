@@ -15,7 +15,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
 
-from anode.errors import AnodeError
+from anode.errors import AnodeError, BundlerRejected
 
 log = logging.getLogger("anode.api")
 
@@ -40,6 +40,8 @@ def rpc_refusal(exc: AnodeError) -> tuple[int, bytes]:
 
 def rpc_error(exc: BaseException) -> dict[str, Any]:
     """JSON-RPC ``error`` member for any exception; unexpected ones are logged, not leaked."""
+    if isinstance(exc, BundlerRejected):  # a relayed call: the bundler's own error, unchanged
+        return dict(exc.upstream)
     if isinstance(exc, AnodeError):
         error: dict[str, Any] = {"code": exc.rpc_code, "message": exc.message}
         data = {"anodeCode": exc.code}

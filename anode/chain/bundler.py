@@ -1,11 +1,16 @@
-"""The bundler client: gas estimation for ``pm_sponsorUserOperation``."""
+"""The bundler client: gas estimation for ``pm_sponsorUserOperation``, and the relay's calls.
+
+``relay(method, params)`` passes one of the bundler's own methods through (``api/jsonrpc/relay.py``)
+and raises ``BundlerRejected`` with the bundler's error object when it refuses, so its code and
+data reach the client unchanged.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from anode.chain.client import JsonRpcClient
-from anode.errors import BundlerUnavailable, UpstreamRejected
+from anode.errors import BundlerRejected, BundlerUnavailable, UpstreamRejected
 from anode.userop.codec import parse_quantity
 
 GAS_FIELDS = (
@@ -34,3 +39,12 @@ class BundlerClient(JsonRpcClient):
                 except ValueError:
                     raise UpstreamRejected(f"bundler returned a malformed {name}", data={"result": result}) from None
         return estimate
+
+    async def relay(self, method: str, params: list[Any]) -> Any:
+        """``method`` with ``params`` as the client sent them; the bundler's result, or its error."""
+        try:
+            return await self.request(method, params)
+        except BundlerRejected:
+            raise
+        except UpstreamRejected as exc:
+            raise BundlerRejected(exc.data or {}) from None

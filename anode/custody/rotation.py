@@ -183,12 +183,14 @@ class ContractCall:
     to: str
     data: bytes
     description: str
+    #: wei sent with the call (``anode deposit add``: the deposit)
+    value: int = 0
 
     def printable(self) -> dict[str, Any]:
         return {
             "chainId": self.chain_id,
             "to": self.to,
-            "value": "0x0",
+            "value": hex(self.value),
             "data": "0x" + self.data.hex(),
             "description": self.description,
         }
@@ -198,7 +200,7 @@ async def signed_transaction(
     owner: Signer, call: ContractCall, *, nonce: int, tip: int, max_fee: int, gas: int
 ) -> bytes:
     """An EIP-1559 (type 2) transaction carrying ``call``, signed by ``owner`` (any backend)."""
-    fields: list[Any] = [call.chain_id, nonce, tip, max_fee, gas, parse_bytes(call.to), 0, call.data, []]
+    fields: list[Any] = [call.chain_id, nonce, tip, max_fee, gas, parse_bytes(call.to), call.value, call.data, []]
     signed = await owner.unsafe_sign_hash(keccak(b"\x02" + rlp.encode(fields)))
     encoded: bytes = rlp.encode([*fields, signed.v - 27, signed.r, signed.s])
     return b"\x02" + encoded
@@ -220,7 +222,7 @@ async def send_transaction(chain: ChainClient, owner: Signer, call: ContractCall
         tip = await quantity("eth_maxPriorityFeePerGas", [])
     except UpstreamRejected:
         tip = 10**9
-    request = {"from": sender, "to": call.to, "data": "0x" + call.data.hex()}
+    request = {"from": sender, "to": call.to, "data": "0x" + call.data.hex(), "value": hex(call.value)}
     try:
         gas = await quantity("eth_estimateGas", [request])
     except UpstreamRejected as exc:

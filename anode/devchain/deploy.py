@@ -30,6 +30,7 @@ from eth_utils.crypto import keccak
 
 from anode.devchain.artifacts import VERSIONS, has_artifact, load_artifact, singleton_paymaster_init_code
 from anode.devchain.rpc import DevRpc, encode_call
+from anode.devchain.solidity import dev_contracts
 
 DETERMINISTIC_DEPLOYER = "0x4e59b44847b379578588920ca78fbf26c0b4956c"
 CANONICAL_ENTRY_POINTS: dict[str, str] = {
@@ -186,3 +187,74 @@ def deploy_sandbox(
             verifying_paymasters=verifying_paymasters,
             singleton_paymasters=singleton_paymasters,
         )
+
+
+# -- ERC-20 mode: a test token, its Chainlink-style price feeds and a treasury ----------------------
+
+SANDBOX_TOKEN = ("Test USD", "TUSD", 6)
+#: the sandbox's prices: 3000 USD per ETH, 1 USD per TUSD (feeds of 8 decimals, as Chainlink's USD feeds)
+SANDBOX_NATIVE_USD = 3000 * 10**8
+SANDBOX_TOKEN_USD = 1 * 10**8
+FEED_DECIMALS = 8
+TREASURY_TOKENS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Erc20Deployment:
+    """What :func:`deploy_erc20_sandbox` put on the chain, checksummed."""
+
+    token: str
+    symbol: str
+    decimals: int
+    token_usd_feed: str
+    native_usd_feed: str
+    #: receives the tokens; holds some and has approved every SingletonPaymaster for them
+    treasury: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deploy_erc20_sandbox(rpc_url: str, deployment: Deployment, treasury: str) -> Erc20Deployment:
+    """Deploy (or find) the test token and its two price feeds; fund ``treasury`` and approve the paymasters.
+
+    Token and feeds go through CREATE2 with salt 0 (``owner`` of the feeds = ``deployment.owner``),
+    so a second run finds them. ``treasury`` must be an account anvil holds the key of (or is
+    impersonated): it sends ``approve(paymaster, max)`` to the token for each SingletonPaymaster.
+    """
+    contracts = dev_contracts()
+    name, symbol, decimals = SANDBOX_TOKEN
+    treasury = to_checksum_address(treasury)
+    with DevRpc(rpc_url, timeout=60.0) as rpc:
+        deployer = _Deployer(rpc, to_checksum_address(rpc.accounts()[0]))
+        token = deployer.create2(
+            contracts["TestToken"].creation_code(["string", "string", "uint8"], [name, symbol, decimals])
+        )
+        feed_types = ["address", "uint8", "string", "int256"]
+        token_feed = deployer.create2(
+            contracts["PriceFeed"].creation_code(
+                feed_types, [deployment.owner, FEED_DECIMALS, f"{symbol} / USD", SANDBOX_TOKEN_USD]
+            )
+        )
+        native_feed = deployer.create2(
+            contracts["PriceFeed"].creation_code(
+                feed_types, [deployment.owner, FEED_DECIMALS, "ETH / USD", SANDBOX_NATIVE_USD]
+            )
+        )
+        (held,) = rpc.call_function(token, "balanceOf(address)", ["address"], [treasury], ["uint256"])
+        if held < TREASURY_TOKENS * 10**decimals:
+            mint = encode_call(
+                "mint(address,uint256)", ["address", "uint256"], [treasury, TREASURY_TOKENS * 10**decimals]
+            )
+            deployer.send_as(treasury, token, mint)
+        for paymaster in deployment.singleton_paymasters.values():
+            approve = encode_call("approve(address,uint256)", ["address", "uint256"], [paymaster, 2**256 - 1])
+            deployer.send_as(treasury, token, approve)
+    return Erc20Deployment(
+        token=token,
+        symbol=symbol,
+        decimals=decimals,
+        token_usd_feed=token_feed,
+        native_usd_feed=native_feed,
+        treasury=treasury,
+    )

@@ -78,6 +78,10 @@ class Context:
     compensations: list[Any] = field(default_factory=list)
     #: what one module works out once for the others (``decoded``: the callData, see ``decoded()``)
     facts: dict[str, Any] = field(default_factory=dict)
+    #: ``verifying`` (the sponsor pays the gas) or ``erc20`` (the sender pays the sponsor in ``token``)
+    mode: str = "verifying"
+    #: ERC-20 mode: the token the sender pays in (checksummed); ``None`` in verifying mode
+    token: str | None = None
 
     @property
     def sender(self) -> str:

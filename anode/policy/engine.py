@@ -5,7 +5,9 @@
     decide(op, final=False)   the same checks for stub data, reading counters without reserving
     would_sponsor(op, ids)    pm_validateSponsorshipPolicies: each named policy on its own, nothing reserved
     open_to_all()             whether no policy exists and the server therefore sponsors everything
-    status(id, wallet, …)     usage, remaining and reset time of each limit
+    status(id, wallet, …)     usage, remaining and reset time of each limit; for amount limits
+                              the actual cost of included operations (``spent``) apart from
+                              what signed ones may still cost (``reserved``)
 
 With no policy defined at all the engine sponsors everything (``when_no_policies: sponsor``,
 the default, logged as a warning) or nothing (``refuse``). Once any policy exists, an operation
@@ -68,6 +70,8 @@ class Decision:
     policies: tuple[Policy, ...] = ()
     #: what was reserved (final decisions only): hand it to ``release`` if the signature is not made
     reserved: tuple[Bucket, ...] = ()
+    #: the amount-limit buckets among ``reserved`` (in wei): reconciliation turns them into the actual cost
+    amounts: tuple[Bucket, ...] = ()
 
     @property
     def sponsored(self) -> bool:
@@ -110,7 +114,8 @@ class PolicyEngine:
         exceeded = await self.limiter.reserve(buckets)
         if exceeded is not None:
             return Decision(limit_refusal(evaluation.charges[exceeded.index], exceeded.used), evaluation.applicable)
-        return Decision(None, evaluation.applicable, buckets)
+        amounts = tuple(b for b, c in zip(buckets, evaluation.charges, strict=True) if isinstance(c.limit, AmountLimit))
+        return Decision(None, evaluation.applicable, buckets, amounts)
 
     async def release(self, reserved: Sequence[Bucket]) -> None:
         """Undo a reservation whose signature was not made. Never raises: a failed release over-counts."""
@@ -205,7 +210,9 @@ class PolicyEngine:
             )
         now = self._clock()
         charges = charges_for(policy, None, now, scope=wallet if policy.per_wallet else None)
-        usage = await self.limiter.usage([Bucket.of(charge) for charge in charges])
+        buckets = [Bucket.of(charge) for charge in charges]
+        usage, spent = await asyncio.gather(self.limiter.usage(buckets), self.limiter.spent(buckets))
+        actual = dict(zip((b.key for b in buckets), spent, strict=True))
         counted = iter(zip(charges, usage, strict=True))  # charges_for follows rate_limits' order
         limits = []
         for limit in policy.rate_limits:
@@ -216,6 +223,9 @@ class PolicyEngine:
                 money = isinstance(limit, AmountLimit)
                 entry["used"] = str(current) if money else current
                 entry["remaining"] = str(left) if money else left
+                if money:  # what included operations cost, and what signed ones may still cost
+                    paid = min(current, actual[charge.key])
+                    entry["spent"], entry["reserved"] = str(paid), str(current - paid)
                 entry["windowStart"] = iso(charge.window_start) if charge.resets_at is not None else None
                 entry["resetsAt"] = iso(charge.resets_at) if charge.resets_at is not None else None
             limits.append(entry)

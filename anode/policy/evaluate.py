@@ -4,7 +4,8 @@ How policies combine (docs/policies.md says it for operators):
 
 - A policy *applies* to an operation when its scope covers it (project and custom: every
   operation; contract: an operation with a call to ``target``; wallet: ``target`` is the sender,
-  or ``"*"``) and it is enabled, within ``start_time``/``end_time`` and for the operation's chain.
+  or ``"*"``; with ``mode`` only operations of that mode, with ``tokens`` only ERC-20 operations
+  paying in one of them) and it is enabled, within ``start_time``/``end_time`` and for the operation's chain.
 - An operation is sponsored when at least one policy applies and **every** applicable policy
   allows it: its conditions hold, the gas price and per-transaction limits are met, its webhook
   agrees, and each of its counters (amount, request) has room. Caps therefore always hold: a
@@ -50,6 +51,10 @@ class OpFacts:
     #: the account's own function: the selector of callData (``"0xb61d27f6"`` for SimpleAccount
     #: ``execute``); ``None`` when callData is shorter than 4 bytes
     account_selector: str | None = None
+    #: ``verifying`` (the sponsor pays) or ``erc20`` (the sender pays the sponsor in ``token``)
+    mode: str = "verifying"
+    #: ERC-20 mode: the token the sender pays in (checksummed)
+    token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,11 @@ def evaluate(policies: Sequence[Policy], facts: OpFacts, now: float) -> Evaluati
 
 
 def covers(policy: Policy, facts: OpFacts) -> bool:
-    """Whether the operation is in the policy's scope (its type and target)."""
+    """Whether the operation is in the policy's scope (its mode and tokens, its type and target)."""
+    if policy.mode is not None and facts.mode != policy.mode:
+        return False
+    if policy.tokens and facts.token not in policy.tokens:
+        return False
     if policy.type is PolicyType.CONTRACT:
         return facts.calls is not None and any(call.target == policy.target for call in facts.calls)
     if policy.type is PolicyType.WALLET:

@@ -2,7 +2,7 @@
 
     Policy
       id, name, description, type (project | contract | wallet | custom), target, enabled,
-      priority, start_time, end_time, chain_ids
+      priority, start_time, end_time, chain_ids, mode (verifying | erc20), tokens
       conditions   [{field: function|target|value|sender|chain_id, operator: in|not_in|eq|…, value}]
       rate_limits  amount (wei per window), request (count per window), gas_price (wei), per_transaction (wei)
       webhook      custom policies: url, secret, timeout, fail_mode
@@ -280,6 +280,10 @@ class Policy(_Strict):
     end_time: UtcTime = None
     #: empty: every chain
     chain_ids: list[int] = Field(default_factory=list)
+    #: ``verifying`` or ``erc20``: the policy applies to operations of that mode only (none: both)
+    mode: Literal["verifying", "erc20"] | None = None
+    #: ERC-20 tokens: the policy applies to ERC-20 operations paying in one of them (empty: any)
+    tokens: list[str] = Field(default_factory=list)
     conditions: list[Condition] = Field(default_factory=list)
     rate_limits: list[RateLimit] = Field(default_factory=list)
     webhook: Webhook | None = None
@@ -296,6 +300,11 @@ class Policy(_Strict):
             return parse_checksum(value)
         raise ValueError(f"a {kind.value} policy has no target (it applies to every operation)")
 
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, value: list[str]) -> list[str]:
+        return [parse_checksum(token) for token in value]
+
     @field_validator("chain_ids", mode="before")
     @classmethod
     def _chain_ids(cls, value: Any) -> Any:
@@ -310,6 +319,8 @@ class Policy(_Strict):
             raise ValueError('a wallet policy needs target: a wallet address, or "*" for each wallet separately')
         if (kind is PolicyType.CUSTOM) != (self.webhook is not None):
             raise ValueError("a custom policy needs a webhook, and only a custom policy has one")
+        if self.tokens and self.mode == "verifying":
+            raise ValueError("tokens name what ERC-20 operations pay in: a verifying-mode policy has none")
         if self.start_time and self.end_time and self.start_time >= self.end_time:
             raise ValueError("start_time must be before end_time")
         seen: set[tuple[str, int | None]] = set()

@@ -82,6 +82,17 @@ class SqlApiKeys:
             raise StoreUnavailable(f"API keys could not be read ({type(exc).__name__})") from None
         return None if row is None else _record(row)
 
+    def digest_of(self, ident: str) -> tuple[KeyKind, str] | None:
+        """The kind and SHA-256 digest (hex) of the live key ``ident``, or ``None``."""
+        c = api_keys.c
+        query = sa.select(c.kind, c.key_sha256).where(c.id == ident, c.revoked_at.is_(None))
+        try:
+            with self._engine.connect() as connection:
+                row = connection.execute(query).first()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(f"API keys could not be read ({type(exc).__name__})") from None
+        return None if row is None else (KeyKind(row[0]), row[1])
+
     def list(self) -> list[KeyRecord]:
         with self._engine.connect() as connection:
             rows = connection.execute(sa.select(api_keys).order_by(api_keys.c.created_at)).mappings().all()

@@ -28,7 +28,7 @@ shipper, a chain) to anchor it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -226,15 +226,35 @@ class Verification:
         return self.problem is None
 
 
-def verify(engine: sa.Engine, *, batch: int = 10_000) -> Verification:
-    """Walk the chain from the genesis and report the first changed, removed or reordered record."""
+def verify(engine: sa.Engine, *, batch: int = 10_000, progress: Callable[[int], None] | None = None) -> Verification:
+    """Walk the chain from the genesis and report the first changed, removed or reordered record.
+
+    ``progress`` is called with the number of records read since its last call (every ``batch``)."""
     query = sa.select(audit_log).order_by(audit_log.c.seq)
     with engine.connect() as reader, engine.connect() as lookup:
         result = reader.execution_options(yield_per=batch).execute(query)
         try:
-            return _walk(lookup, result.mappings())
+            rows: Iterable[sa.RowMapping] = result.mappings()
+            return _walk(lookup, rows if progress is None else _reporting(rows, progress, batch))
         finally:
             result.close()  # a server-side cursor (PostgreSQL) left mid-way
+
+
+def _reporting(rows: Iterable[sa.RowMapping], progress: Callable[[int], None], every: int) -> Iterator[sa.RowMapping]:
+    count = 0
+    for row in rows:
+        yield row
+        count += 1
+        if count == every:
+            progress(count)
+            count = 0
+    progress(count)
+
+
+def count_records(engine: sa.Engine) -> int:
+    """How many records the audit log holds (for a progress line's total)."""
+    with engine.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one())
 
 
 def _walk(connection: sa.Connection, rows: Iterable[sa.RowMapping]) -> Verification:

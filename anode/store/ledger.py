@@ -25,6 +25,7 @@ from anode.store.audit_ledger import signature_detail
 from anode.store.database import invalidate, write_lock
 from anode.store.driver import Driver
 from anode.store.group_commit import GroupCommit
+from anode.store.reconcile import RESERVATION_COLUMNS, Reservation, limit_reservations
 from anode.store.tables import sponsorships
 
 
@@ -47,12 +48,21 @@ class SponsorshipRecord:
     backend: str | None = None
     #: the HTTP request that asked for the signature, for the audit log
     request_id: str | None = None
+    #: ``verifying`` (the sponsor pays the gas) or ``erc20`` (the sender pays the sponsor in ``token``)
+    mode: str = "verifying"
+    #: ERC-20 mode: the token's address, the signed exchange rate and the most the op can be charged
+    token: str | None = None
+    exchange_rate: int | None = None
+    max_token_amount: int | None = None
+    #: what the signature reserved in amount limits, found later by reconciliation (``store/reconcile.py``)
+    reservations: tuple[Reservation, ...] = ()
 
 
 #: the ledger's columns, in the order ``SqlLedger`` writes them
 _COLUMNS = (
     "created_at", "user_op_hash", "chain_id", "entry_point", "paymaster", "sender", "nonce", "max_gas_cost_wei",
-    "valid_until", "valid_after", "signer", "api_key_id", "method",
+    "valid_until", "valid_after", "signer", "api_key_id", "method", "mode", "token", "exchange_rate",
+    "max_token_amount",
 )  # fmt: skip
 
 
@@ -68,6 +78,10 @@ class Ledger(Protocol):
         limit: int = 100,
         api_key_id: str | None = None,
     ) -> list[dict[str, Any]]: ...
+
+    async def mark_sent(self, chain_id: int, user_op_hash: str) -> int:
+        """The relay passed this operation to a bundler: its rows get ``sent_at`` (the number of rows)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -87,6 +101,7 @@ class SqlLedger:
             self._writer, self._write, row_errors=self._driver.row_errors
         )
         self._insert_sql = self._driver.insert(sponsorships, _COLUMNS)
+        self._reservations_sql = self._driver.insert(limit_reservations, RESERVATION_COLUMNS)
         self._audit = audit.DriverAppender(self._driver)
         self._lock = write_lock(engine)
         #: the writer thread's connection (only that thread touches it), opened on first use
@@ -145,12 +160,20 @@ class SqlLedger:
                     (
                         time(e.created_at), e.user_op_hash, e.chain_id, e.entry_point, e.paymaster, e.sender,
                         uint(e.nonce), uint(e.max_gas_cost_wei), e.valid_until, e.valid_after, e.signer,
-                        e.api_key_id, e.method,
+                        e.api_key_id, e.method, e.mode, e.token, _uint(uint, e.exchange_rate),
+                        _uint(uint, e.max_token_amount),
                     )
                     for e in entries
                 ],
             )  # fmt: skip
             self._audit.append(cursor, [_audit_row(entry) for entry in entries])
+            reserved = [
+                (e.chain_id, e.user_op_hash, r.counter, r.window_start, uint(r.amount))
+                for e in entries
+                for r in e.reservations
+            ]
+            if reserved:
+                cursor.executemany(self._reservations_sql, reserved)
         finally:
             cursor.close()
         try:
@@ -206,6 +229,23 @@ class SqlLedger:
             raise StoreUnavailable(f"the sponsorship ledger could not be read ({type(exc).__name__})") from None
         return [_public(dict(row)) for row in rows]
 
+    async def mark_sent(self, chain_id: int, user_op_hash: str) -> int:
+        return await asyncio.to_thread(self._mark_sent, chain_id, user_op_hash.lower())
+
+    def _mark_sent(self, chain_id: int, user_op_hash: str) -> int:
+        s = sponsorships.c
+        try:
+            with self._lock, self._engine.begin() as connection:
+                return int(
+                    connection.execute(
+                        sa.update(sponsorships)
+                        .where(s.chain_id == chain_id, s.user_op_hash == user_op_hash, s.sent_at.is_(None))
+                        .values(sent_at=datetime.now(UTC))
+                    ).rowcount
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(f"the sponsorship ledger could not be written ({type(exc).__name__})") from None
+
     async def aclose(self) -> None:
         self._writer.submit(self._close)
         self._writer.shutdown(wait=True)
@@ -234,6 +274,10 @@ def _audit_row(entry: SponsorshipRecord) -> dict[str, Any]:
         "user_op_hash": entry.user_op_hash, "chain_id": entry.chain_id, "paymaster": entry.paymaster,
         "api_key_id": entry.api_key_id, "request_id": entry.request_id, "detail": detail,
     }  # fmt: skip
+
+
+def _uint(uint: Any, value: int | None) -> Any:
+    return None if value is None else uint(value)
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -32,5 +32,15 @@ policy_usage = sa.Table(
     sa.Column("window_start", sa.BigInteger(), primary_key=True, autoincrement=False),
     sa.Column("used", Uint256(), nullable=False),
     sa.Column("expires_at", sa.BigInteger(), nullable=True),
+    # the actual cost inside ``used`` (reconciled by the follower); ``used - spent`` is reserved
+    sa.Column("spent", Uint256(), nullable=False, server_default="0"),
     sa.Index("ix_policy_usage_expires_at", "expires_at"),
+)
+
+#: the reconciliation adjustments (``limit_adjustments.id``) the SQL limiter has applied, so each applies once
+policy_usage_applied = sa.Table(
+    "policy_usage_applied",
+    metadata,
+    sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("applied_at", sa.BigInteger(), nullable=False),
 )

@@ -12,7 +12,10 @@ from anode.store.api_keys import api_keys
 from anode.store.audit import audit_head, audit_log
 from anode.store.blacklist import contract_blacklist
 from anode.store.confirmations import confirmations
-from anode.store.policies import policies, policy_usage
+from anode.store.dashboard import sponsorship_outcomes
+from anode.store.deposits import deposit_samples, deposit_watch
+from anode.store.policies import policies, policy_usage, policy_usage_applied
+from anode.store.reconcile import limit_adjustments, limit_reservations
 from anode.store.tables import metadata, sponsorships
 from anode.store.watch import unknown_operations, watch_blocks, watch_cursors, watch_lease
 
@@ -22,9 +25,15 @@ __all__ = [
     "audit_log",
     "confirmations",
     "contract_blacklist",
+    "deposit_samples",
+    "deposit_watch",
+    "limit_adjustments",
+    "limit_reservations",
     "metadata",
     "policies",
     "policy_usage",
+    "policy_usage_applied",
+    "sponsorship_outcomes",
     "sponsorships",
     "unknown_operations",
     "watch_blocks",

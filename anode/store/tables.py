@@ -58,6 +58,14 @@ sponsorships = sa.Table(
     sa.Column("success", sa.Boolean(), nullable=True),
     sa.Column("actual_gas_cost_wei", Uint256(), nullable=True),
     sa.Column("actual_gas_used", Uint256(), nullable=True),
+    # verifying (the sponsor pays) or erc20 (the sender pays the sponsor in `token` at `exchange_rate`)
+    sa.Column("mode", sa.String(16), nullable=False, server_default="verifying"),
+    sa.Column("token", sa.String(42), nullable=True),
+    sa.Column("exchange_rate", Uint256(), nullable=True),
+    sa.Column("max_token_amount", Uint256(), nullable=True),
+    # SingletonPaymaster's UserOperationSponsored.tokenAmountPaid (ERC-20 mode), and when the relay sent it
+    sa.Column("token_amount_paid", Uint256(), nullable=True),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
     sa.Index("ix_sponsorships_sender_created", "sender", "created_at"),
     sa.Index("ix_sponsorships_created", "created_at"),
     sa.Index("ix_sponsorships_user_op_hash", "user_op_hash"),

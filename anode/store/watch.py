@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import sqlalchemy as sa
 
 from anode.store.database import write_lock
+from anode.store.reconcile import reconcile, unreconcile
 from anode.store.tables import Uint256, metadata, sponsorships
 
 SIGNED, INCLUDED, EXPIRED = "signed", "included", "expired"
@@ -69,6 +71,22 @@ unknown_operations = sa.Table(
 )
 
 
+class Lease(Protocol):
+    """A lease kept outside the database (``watch/lease.py``: Redis): one follower at a time.
+
+    ``renew`` is called in each of the follower's transactions before it writes; it cannot join the
+    transaction, so a follower whose lease ran out in that gap may commit once more. What it
+    commits repeats what the other follower writes (outcomes are keyed by userOpHash and
+    transaction, reservations change state by conditional updates), so nothing counts twice.
+    """
+
+    def take(self) -> bool: ...
+
+    def renew(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class LeaseLost(Exception):
     """Another follower holds the lease: this one's transaction was rolled back."""
 
@@ -88,6 +106,8 @@ class Inclusion:
     success: bool
     actual_gas_cost: int
     actual_gas_used: int
+    #: SingletonPaymaster's ``UserOperationSponsored.tokenAmountPaid`` in the same transaction (ERC-20 mode)
+    token_amount_paid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +132,18 @@ def _now() -> datetime:
 class WatchStore:
     """The follower's reads and writes on one database (synchronous: run them in a thread)."""
 
-    def __init__(self, engine: sa.Engine, holder: str, lease_seconds: float) -> None:
+    def __init__(self, engine: sa.Engine, holder: str, lease_seconds: float, lease: Lease | None = None) -> None:
         self._engine = engine
         self.holder = holder
         self._lease = timedelta(seconds=lease_seconds)
         self._lock = write_lock(engine)
+        #: a lease kept elsewhere (Redis) instead of the ``watch_lease`` row
+        self.external = lease
 
     def take_lease(self) -> bool:
         """Take or renew the lease; ``False`` while another follower's lease has not expired."""
+        if self.external is not None:
+            return self.external.take()
         now = _now()
         c = watch_lease.c
         claim = (
@@ -141,6 +165,9 @@ class WatchStore:
         return True
 
     def release_lease(self) -> None:
+        if self.external is not None:
+            self.external.release()
+            return
         with self._lock, self._engine.begin() as connection:
             connection.execute(
                 sa.delete(watch_lease).where(watch_lease.c.name == LEASE, watch_lease.c.holder == self.holder)
@@ -148,6 +175,10 @@ class WatchStore:
 
     def _fence(self, connection: sa.Connection) -> None:
         """Renew the lease inside the caller's transaction, or roll it back with ``LeaseLost``."""
+        if self.external is not None:
+            if not self.external.renew():
+                raise LeaseLost(f"follower {self.holder} no longer holds the lease")
+            return
         c = watch_lease.c
         renewed = connection.execute(
             sa.update(watch_lease)
@@ -184,6 +215,10 @@ class WatchStore:
         s = sponsorships.c
         with self._lock, self._engine.begin() as connection:
             self._fence(connection)
+            hashes = connection.execute(
+                sa.select(s.user_op_hash).where(s.chain_id == chain_id, s.block_number > to_block)
+            ).scalars()
+            reverted = list(hashes)
             undone = connection.execute(
                 sa.update(sponsorships)
                 .where(s.chain_id == chain_id, s.block_number > to_block)
@@ -194,8 +229,10 @@ class WatchStore:
                     success=None,
                     actual_gas_cost_wei=None,
                     actual_gas_used=None,
+                    token_amount_paid=None,
                 )
             ).rowcount
+            unreconcile(connection, chain_id, reverted)
             u = unknown_operations.c
             connection.execute(sa.delete(unknown_operations).where(u.chain_id == chain_id, u.block_number > to_block))
             b = watch_blocks.c
@@ -234,6 +271,7 @@ class WatchStore:
                         success=event.success,
                         actual_gas_cost_wei=event.actual_gas_cost,
                         actual_gas_used=event.actual_gas_used,
+                        token_amount_paid=event.token_amount_paid,
                     )
                 ).rowcount
                 if matched:
@@ -241,17 +279,18 @@ class WatchStore:
                 elif self._record_unknown(connection, chain_id, event):
                     unknown.append(event)
             # validUntil 0 never expires; the EntryPoint refuses an op once block.timestamp > validUntil
+            expiring = (
+                s.chain_id == chain_id,
+                s.status == SIGNED,
+                s.valid_until > 0,
+                s.valid_until < to_timestamp,
+                s.paymaster.in_(list(paymasters)),
+            )
+            lapsed = list(connection.execute(sa.select(s.user_op_hash).where(*expiring)).scalars())
             expired = connection.execute(
-                sa.update(sponsorships)
-                .where(
-                    s.chain_id == chain_id,
-                    s.status == SIGNED,
-                    s.valid_until > 0,
-                    s.valid_until < to_timestamp,
-                    s.paymaster.in_(list(paymasters)),
-                )
-                .values(status=EXPIRED, block_number=to_block)
+                sa.update(sponsorships).where(*expiring).values(status=EXPIRED, block_number=to_block)
             ).rowcount
+            reconcile(connection, chain_id, [event.user_op_hash for event in inclusions] + lapsed)
             kept = {event.block_number: event.block_hash for event in inclusions}
             kept[to_block] = to_hash
             b = watch_blocks.c

@@ -4,12 +4,18 @@
 uint256 nonce, bool success, uint256 actualGasCost, uint256 actualGasUsed)`` is the same event in
 EntryPoint v0.6, v0.7 and v0.8: one topic, one decoder. Logs are asked for by topic with the
 configured paymasters as the third topic, so the node sends only the operations they paid for.
+
+SingletonPaymaster also emits ``UserOperationSponsored(bytes32 indexed userOpHash, address indexed
+user, uint8 paymasterMode, address token, uint256 tokenAmountPaid, uint256 exchangeRate)`` from
+the paymaster's own address; the same range's events of the configured paymasters are read with
+it, and each inclusion carries the ``tokenAmountPaid`` of the event with its userOpHash in the
+same transaction (in ERC-20 mode; ``None`` when there is none).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from anode.chain.client import ChainClient
@@ -19,6 +25,7 @@ from anode.userop.codec import checksum, parse_bytes, parse_quantity, to_hex, to
 from anode.userop.keccak import keccak
 
 USER_OPERATION_EVENT = keccak(b"UserOperationEvent(bytes32,address,address,uint256,bool,uint256,uint256)")
+USER_OPERATION_SPONSORED = keccak(b"UserOperationSponsored(bytes32,address,uint8,address,uint256,uint256)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +75,49 @@ async def inclusions(
         "address": [to_hex(entry_point) for entry_point in entry_points],
         "topics": [to_hex(USER_OPERATION_EVENT), None, None, [_topic(paymaster) for paymaster in paymasters]],
     }
+    result = await _logs(chain, query)
+    found = [chain.parsed("eth_getLogs", log, _inclusion) for log in result if not _removed(log)]
+    if found:
+        paid = await token_amounts(chain, paymasters, first, last)
+        found = [
+            replace(event, token_amount_paid=paid[(event.tx_hash, event.user_op_hash)])
+            if (event.tx_hash, event.user_op_hash) in paid
+            else event
+            for event in found
+        ]
+    return sorted(found, key=lambda event: event.block_number)
+
+
+async def token_amounts(
+    chain: ChainClient, paymasters: Sequence[bytes], first: int, last: int
+) -> dict[tuple[str, str], int]:
+    """``tokenAmountPaid`` of the paymasters' ``UserOperationSponsored`` events, by (transaction, userOpHash)."""
+    query = {
+        "fromBlock": to_quantity(first),
+        "toBlock": to_quantity(last),
+        "address": [to_hex(paymaster) for paymaster in paymasters],
+        "topics": [to_hex(USER_OPERATION_SPONSORED)],
+    }
+    result = await _logs(chain, query)
+    paid = [chain.parsed("eth_getLogs", log, _sponsored) for log in result if not _removed(log)]
+    return {(tx_hash, op_hash): amount for tx_hash, op_hash, amount in paid}
+
+
+async def _logs(chain: ChainClient, query: dict[str, Any]) -> list[Any]:
     result = await chain.request("eth_getLogs", [query])
     if not isinstance(result, list):
         raise ChainUnavailable(f"node at {chain.display_url} answered eth_getLogs with a malformed result")
-    found = [chain.parsed("eth_getLogs", log, _inclusion) for log in result if not _removed(log)]
-    return sorted(found, key=lambda event: event.block_number)
+    return result
+
+
+def _sponsored(log: Any) -> tuple[str, str, int]:
+    if not isinstance(log, dict):
+        raise ValueError("not a log object")
+    topics = [parse_bytes(topic) for topic in log.get("topics") or []]
+    data = parse_bytes(log.get("data"))
+    if len(topics) != 3 or topics[0] != USER_OPERATION_SPONSORED or len(data) != 128:
+        raise ValueError("not a UserOperationSponsored event")
+    return _hash(log.get("transactionHash")), to_hex(topics[1]), int.from_bytes(data[64:96], "big")
 
 
 def _removed(log: Any) -> bool:

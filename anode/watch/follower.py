@@ -3,6 +3,9 @@
 Each pass, once it holds the database's lease (``store/watch.py``), the follower takes every chain
 in turn:
 
+The lease is a row in the database, or with ``watch.lease: redis`` a key in the Redis of
+``redis_url`` (``watch/lease.py``).
+
 1. the head, and the confirmed head ``head - confirmations``;
 2. the newest block it kept: if the node now has another hash at that height (or no block), a
    reorg dropped it; the follower walks back through the kept blocks to the newest one that still
@@ -12,7 +15,10 @@ in turn:
 4. one transaction: the ledger rows of those operations become ``included`` (transaction, block,
    success, actualGasCost, actualGasUsed), inclusions no row signed go to ``unknown_operations``
    (logged at WARNING, counted in ``anode_watch_unknown_operations_total``), rows whose
-   ``validUntil`` that block's timestamp passed become ``expired``, and the cursor moves on.
+   ``validUntil`` that block's timestamp passed become ``expired``, their amount-limit
+   reservations are settled at the actual cost or released (``watch/reconcile.py``), and the
+   cursor moves on;
+5. the limiter store applies the adjustments that transaction left (once each).
 
 A restart resumes after the cursor; a range is applied at most once, and applying it again would
 change nothing. A follower that cannot renew its lease writes nothing and waits.
@@ -26,17 +32,20 @@ import logging
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
 
 from anode.chain.client import ChainClient
 from anode.config import WatchSettings
-from anode.errors import AnodeError
+from anode.errors import AnodeError, ConfigError
 from anode.metrics import Metrics
+from anode.policy.limits import LimiterStore
 from anode.store.watch import Cursor, LeaseLost, WatchStore
 from anode.userop.codec import checksum
 from anode.watch import events
+from anode.watch.lease import RedisLease
+from anode.watch.reconcile import Reconciler
 
 log = logging.getLogger("anode.watch")
 
@@ -64,6 +73,8 @@ class Progress:
     expired: int = 0
     unknown: int = 0
     rolled_back_to: int | None = None
+    #: limit reservations settled or released (or restored by a reorg) and applied this pass
+    reconciled: int = 0
 
 
 class Follower:
@@ -75,14 +86,24 @@ class Follower:
         metrics: Metrics | None = None,
         *,
         holder: str | None = None,
+        limiter: LimiterStore | None = None,
+        redis_url: str | None = None,
     ) -> None:
         self.chains = list(chains)
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self.holder = holder or f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.store = WatchStore(engine, self.holder, settings.lease_seconds)
+        lease = None
+        if settings.lease == "redis":
+            if redis_url is None:
+                raise ConfigError("watch.lease is redis, but no redis_url is configured")
+            lease = RedisLease.from_url(redis_url, self.holder, settings.lease_seconds)
+        self.store = WatchStore(engine, self.holder, settings.lease_seconds, lease)
         #: the lease was held at the last pass
         self.leading = False
+        self.engine = engine
+        #: where the policy limits live (set by wiring when a policy engine runs); ``None``: nothing to reconcile
+        self.limiter = limiter
 
     async def step(self) -> list[Progress] | None:
         """One pass over every chain; ``None`` while another follower holds the lease."""
@@ -94,13 +115,21 @@ class Follower:
             return None
         done = []
         try:
+            await self.reconcile()  # what a crashed pass left unapplied
             for chain in self.chains:
-                done.append(await self._chain_step(chain))
+                progress = await self._chain_step(chain)
+                done.append(replace(progress, reconciled=await self.reconcile()))
         except LeaseLost:
             log.warning("follower %s lost its lease mid-pass: another follower works now", self.holder)
             self.leading = False
             return None
         return done
+
+    async def reconcile(self) -> int:
+        """Hand the pending limit adjustments to the limiter store (each id is applied once)."""
+        if self.limiter is None:
+            return 0
+        return await Reconciler(self.engine, self.limiter).apply()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass, ``poll_seconds`` apart, until ``stop`` is set; a failed pass is logged and retried."""
@@ -123,6 +152,8 @@ class Follower:
                     await asyncio.to_thread(self.store.release_lease)
                 except sa.exc.SQLAlchemyError as exc:  # it expires on its own
                     log.warning("follower: the lease could not be released (%s)", type(exc).__name__)
+            if isinstance(self.store.external, RedisLease):
+                self.store.external.close()
 
     async def _chain_step(self, chain: WatchedChain) -> Progress:
         head = await events.head(chain.node)

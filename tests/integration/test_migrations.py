@@ -40,6 +40,12 @@ LATER_TABLES = {
     "watch_blocks",
     "watch_lease",
     "unknown_operations",
+    "deposit_samples",
+    "limit_reservations",
+    "limit_adjustments",
+    "policy_usage_applied",
+    "deposit_watch",
+    "sponsorship_outcomes",
 }
 
 

@@ -9,6 +9,7 @@ stops aNode, Alto and anvil with status 130 however the parent set SIGINT.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -25,10 +26,13 @@ import httpx
 import pytest
 import yaml
 
+from anode.chain.client import ChainClient
+from anode.config import Erc20Settings
 from anode.devchain.anvil import free_port, port_is_free
 from anode.devchain.artifacts import node_modules_available
 from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc, encode_call
+from anode.pricing import PriceBook
 from tests.support.onchain import get_deposit
 from tests.support.wallet import Client, rpc_op, with_paymaster
 
@@ -220,6 +224,61 @@ def test_health_reports_each_paymasters_deposit_as_the_entry_point_holds_it(sand
     assert len(set(reported.values())) > 1, reported
 
 
+def test_the_sandbox_offers_erc20_mode_in_its_test_token(sandbox: Sandbox) -> None:
+    """A token with its two feeds on the chain, a treasury that approved the paymaster, the v0.8
+    SingletonPaymaster configured with them, and an example request naming the token."""
+    printed = sandbox.printed()
+    token = re.search(r"ERC-20 mode \(SingletonPaymaster v0\.8.*\): token TUSD (0x[0-9a-fA-F]{40})", printed)
+    feeds = re.search(r"TUSD/USD (0x[0-9a-fA-F]{40}), ETH/USD (0x[0-9a-fA-F]{40})", printed)
+    treasury = re.search(r"treasury (0x[0-9a-fA-F]{40})", printed)
+    assert token and feeds and treasury, printed
+    paymaster = sandbox.deployment["singleton_paymasters"]["v0.8"]
+    with DevRpc(sandbox.rpc_url) as rpc:
+        (decimals,) = rpc.call_function(token[1], "decimals()", return_types=["uint8"])
+        (held,) = rpc.call_function(token[1], "balanceOf(address)", ["address"], [treasury[1]], ["uint256"])
+        (allowed,) = rpc.call_function(
+            token[1], "allowance(address,address)", ["address", "address"], [treasury[1], paymaster], ["uint256"]
+        )
+        answers = [
+            rpc.call_function(
+                feed, "latestRoundData()", return_types=["uint80", "int256", "uint256", "uint256", "uint80"]
+            )[1]
+            for feed in feeds.groups()
+        ]
+    assert (decimals, allowed, answers) == (6, 2**256 - 1, [10**8, 3000 * 10**8])
+    assert held > 0  # refunds of a prefund come from the treasury
+
+    config = yaml.safe_load((sandbox.folder / ".anode" / "sandbox.yaml").read_text())
+    (section,) = [pm["erc20"] for pm in config["chains"][0]["paymasters"] if "erc20" in pm]
+    assert section["treasury"] == treasury[1]
+    assert [t["address"] for t in section["tokens"]] == [token[1]]
+    price = section["tokens"][0]["price"]
+    assert (price["token_usd_feed"], price["native_usd_feed"]) == feeds.groups()
+
+    async def quote() -> int:
+        client = ChainClient(sandbox.rpc_url)
+        book = PriceBook(
+            {(31337, bytes.fromhex(paymaster[2:])): Erc20Settings.model_validate(section)}, {31337: client}
+        )
+        try:
+            return (await book.quote(31337, bytes.fromhex(paymaster[2:]), bytes.fromhex(token[1][2:]))).exchange_rate
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(quote()) == 3300 * 10**6  # 3000 TUSD per ETH, + 10 %
+
+    examples = re.findall(r"curl -s (\S+) .* -d '(.+)'", printed)
+    (erc20_body,) = [json.loads(body) for _, body in examples if "token" in json.dumps(json.loads(body)["params"][3])]
+    assert erc20_body["params"][1] == sandbox.deployment["entry_points"]["v0.8"]
+    assert erc20_body["params"][3] == {"token": token[1]}
+    reply = httpx.post(f"{sandbox.url}/api/v1/rpc", json=erc20_body, timeout=10).json()
+    assert "result" in reply, reply
+    assert reply["result"]["paymaster"] == paymaster
+    data = bytes.fromhex(reply["result"]["paymasterData"][2:])  # mode byte, flags, window, token, postOpGas, rate
+    assert (data[0], data[14:34].hex()) == (0x03, token[1][2:].lower())
+    assert int.from_bytes(data[50:82], "big") == 3300 * 10**6  # the rate the book quotes
+
+
 @pytest.mark.parametrize(
     "parent_sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["sigint-default", "sigint-ignored-as-by-nohup"]
 )
@@ -256,3 +315,16 @@ def test_a_taken_port_is_one_line_naming_its_option(tmp_path: Path, which: str) 
     assert which in lines[0] and str(taken) in lines[0], lines[0]
     assert "serving on" not in done.stdout and "Traceback" not in done.stdout + done.stderr
     assert not (tmp_path / ".anode" / "deployment.json").exists()
+
+
+def test_the_sandbox_prints_its_dashboard_and_what_the_follower_reconciled(sandbox: Sandbox) -> None:
+    """The dashboard's URL is printed and answers (the sandbox has no keys); an operation included on
+    chain shows up in the follower's progress line."""
+    dashboard = _wait_for(sandbox.output, sandbox.process, r"dashboard: (http://\S+/dashboard)", 1).group(1)
+    page = httpx.get(dashboard, timeout=10)
+    assert page.status_code == 200 and 'id="spend-hour"' in page.text
+    client = sandbox.client("v0.7")
+    op, _, _ = client.sponsor()
+    assert client.submit(op).success
+    reconciled = r"follower: block \d+, \d+ behind the head; [1-9]\d* operation\(s\) reconciled \([1-9]\d* included"
+    _wait_for(sandbox.output, sandbox.process, reconciled, 90)

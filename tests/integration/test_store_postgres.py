@@ -122,6 +122,8 @@ def test_migration_creates_the_schema_on_postgresql(pg_url: str) -> None:
         assert columns["created_at"]["type"].timezone is True
         # the key (open servers have none) and the on-chain outcome (unknown until the follower reads it)
         optional = {"api_key_id", "tx_hash", "block_number", "success", "actual_gas_cost_wei", "actual_gas_used"}
+        optional |= {"token_amount_paid", "sent_at"}  # ERC-20 mode's token paid; when the relay sent it
+        optional |= {"token", "exchange_rate", "max_token_amount"}  # ERC-20 mode's terms (null in verifying mode)
         assert {name for name, column in columns.items() if column["nullable"]} == optional
         indexes = {index["name"] for index in inspector.get_indexes("sponsorships")}
         assert indexes == {

@@ -8,6 +8,7 @@ unbroken (``anode audit verify``).
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
+from anode.config import worker_count
 from anode.devchain.anvil import Anvil
 from anode.devchain.deploy import Deployment
 from tests.support.server import running_server
@@ -29,22 +31,25 @@ _PID = re.compile(r'^anode_worker_info\{pid="(\d+)"\} 1\.0$', re.MULTILINE)
 _SIGNED = re.compile(r'^anode_sponsorships_total\{method="pm_getPaymasterData",result="ok"\} (\d+)\.0$', re.MULTILINE)
 
 
-def _signed_per_worker(url: str) -> dict[int, int]:
+def _signed_per_worker(url: str, workers: int = 2) -> dict[int, int]:
     """Each worker's own count of signed pm_getPaymasterData calls, by its pid, as its
-    ``/metrics`` says; every scrape is a new connection, which either worker may accept."""
+    ``/metrics`` says; every scrape is a new connection, which any worker may accept."""
     counts: dict[int, int] = {}
-    for _ in range(SCRAPES):
+    for _ in range(SCRAPES * workers // 2):
         text = httpx.get(f"{url}/metrics", headers={"connection": "close"}).text
         (pid,) = _PID.findall(text)
         signed = _SIGNED.findall(text)
         counts[int(pid)] = int(signed[0]) if signed else 0
-        if len(counts) == 2:
+        if len(counts) == workers:
             break
     return counts
 
 
 async def _sponsor_many(url: str, entry_point: str, chain_id: int) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=30) as client:
+    # a new connection per call: the workers take turns accepting them (kept-alive connections
+    # opened in one burst can all land on the worker that happens to be awake)
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
 
         async def one(nonce: int) -> dict[str, Any]:
             op = {
@@ -75,6 +80,8 @@ def test_two_workers_record_every_signature_on_one_audit_chain(
     config = server_config(anvil, deployment, paymaster_key, [("verifying", "v0.7")])
     config["database_url"] = f"sqlite:///{tmp_path / 'shared.db'}"
     with running_server(config, workers=2) as url:
+        # the first worker to answer /health may be alone for a while: both must be up before the load
+        assert len(_signed_per_worker(url)) == 2, "the second worker never answered /metrics"
         replies = asyncio.run(_sponsor_many(url, deployment.entry_points["v0.7"], deployment.chain_id))
         assert all("result" in reply for reply in replies), [r for r in replies if "result" not in r][:1]
         per_worker = _signed_per_worker(url)
@@ -91,3 +98,18 @@ def test_two_workers_record_every_signature_on_one_audit_chain(
         capture_output=True, text=True,
     )  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_workers_auto_runs_one_process_per_core(
+    anvil: Anvil, deployment: Deployment, paymaster_key: str, tmp_path: Path
+) -> None:
+    """``server.workers: auto`` (the production setting): as many processes as this host has
+    usable cores, each answering on the one port."""
+    cores = len(os.sched_getaffinity(0))
+    assert worker_count("auto") == cores
+    config = server_config(anvil, deployment, paymaster_key, [("verifying", "v0.7")])
+    config["database_url"] = f"sqlite:///{tmp_path / 'shared.db'}"
+    config["server"] = {"workers": "auto"}
+    with running_server(config, workers="auto") as url:
+        seen = _signed_per_worker(url, workers=cores)
+        assert len(seen) == cores, f"{cores} cores, but /metrics showed the pids {sorted(seen)}"

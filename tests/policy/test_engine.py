@@ -197,6 +197,8 @@ async def test_status_shows_usage_remaining_and_reset_per_limit(engine: PolicyEn
         "window": 86400,
         "used": str(ETH // 4),
         "remaining": str(3 * ETH // 4),
+        "spent": "0",  # nothing included yet: all of it is reserved
+        "reserved": str(ETH // 4),
         "windowStart": "2026-11-21T00:00:00Z",
         "resetsAt": "2026-11-22T00:00:00Z",
     }

@@ -1,6 +1,8 @@
 """Limiter stores: one contract every backend passes, then the real backends under concurrency and outage.
 
-``LimiterContract`` is subclassed once per backend (memory, SQLite, PostgreSQL, Redis). The
+``LimiterContract`` is subclassed once per backend (memory, SQLite, PostgreSQL, Redis); it
+includes reconciliation (``adjust``: a reservation shrunk to its actual cost, released, or
+restored, each adjustment id applied once, floored at zero). The
 concurrency tests send 200 reservations at once against a limit of N, through two limiter
 instances with their own connections, and count exactly N successes (on SQLite also from two
 spawned processes that share nothing but the database file, as ``--workers 2`` do);
@@ -27,7 +29,7 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 
 from anode.policy.errors import LimitStoreUnavailable
-from anode.policy.limits import Bucket, Exceeded, LimiterStore, MemoryLimiter, RedisLimiter, SqlLimiter
+from anode.policy.limits import Adjustment, Bucket, Exceeded, LimiterStore, MemoryLimiter, RedisLimiter, SqlLimiter
 from anode.store.database import create_engine, upgrade
 
 BIG = 2**256 - 1
@@ -96,6 +98,55 @@ class LimiterContract:
         assert await store.usage([]) == []
         with pytest.raises(ValueError):
             await store.reserve([bucket(key, 5), bucket(key, 5)])
+
+    # reconciliation: a reservation becomes its actual cost, or is released, once per adjustment id
+
+    @pytest.fixture
+    def ids(self) -> Iterator[int]:
+        first = secrets.randbelow(2**40) * 1000
+        return iter(range(first, first + 1000))
+
+    async def test_settling_shrinks_the_reservation_to_the_actual_cost_once(
+        self, store: LimiterStore, key: str, ids: Iterator[int]
+    ) -> None:
+        assert await store.reserve([bucket(key, 100, 60)]) is None
+        assert await store.reserve([bucket(key, 100, 50)]) == Exceeded(0, 60)  # full
+        settle = Adjustment(next(ids), key, 0, used_delta=21 - 60, spent_delta=21)
+        await store.adjust([settle])
+        await store.adjust([settle])  # a follower that crashed after applying applies it again: no change
+        assert await store.usage([bucket(key, 100)]) == [21]
+        assert await store.spent([bucket(key, 100)]) == [21]
+        assert await store.reserve([bucket(key, 100, 50)]) is None  # the room came back
+        assert await store.usage([bucket(key, 100)]) == [71]
+        assert await store.spent([bucket(key, 100)]) == [21]  # 50 reserved, 21 spent
+
+    async def test_releasing_an_expired_reservation_lets_a_full_limit_accept_again(
+        self, store: LimiterStore, key: str, ids: Iterator[int]
+    ) -> None:
+        assert await store.reserve([bucket(key, 10, 10)]) is None
+        assert await store.reserve([bucket(key, 10, 1)]) == Exceeded(0, 10)
+        await store.adjust([Adjustment(next(ids), key, 0, used_delta=-10, spent_delta=0)])
+        assert await store.reserve([bucket(key, 10, 1)]) is None
+        assert await store.spent([bucket(key, 10)]) == [0]
+
+    async def test_an_undone_settlement_restores_the_reservation(
+        self, store: LimiterStore, key: str, ids: Iterator[int]
+    ) -> None:
+        assert await store.reserve([bucket(key, BIG, 10**18)]) is None
+        actual = 123_456_789_012_345
+        await store.adjust([Adjustment(next(ids), key, 0, actual - 10**18, actual)])
+        await store.adjust([Adjustment(next(ids), key, 0, 10**18 - actual, -actual)])  # a reorg dropped it
+        assert await store.usage([bucket(key, BIG)]) == [10**18]
+        assert await store.spent([bucket(key, BIG)]) == [0]
+
+    async def test_adjustments_floor_at_zero_and_skip_a_counter_that_is_gone(
+        self, store: LimiterStore, key: str, ids: Iterator[int]
+    ) -> None:
+        assert await store.reserve([bucket(key, 10, 3)]) is None
+        await store.adjust([Adjustment(next(ids), key, 0, -99, -5), Adjustment(next(ids), key + ":gone", 0, 5, 5)])
+        assert await store.usage([bucket(key, 10), bucket(key + ":gone", 10)]) == [0, 0]
+        assert await store.spent([bucket(key, 10), bucket(key + ":gone", 10)]) == [0, 0]
+        await store.adjust([])
 
 
 class TestMemoryLimiter(LimiterContract):

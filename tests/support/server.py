@@ -19,7 +19,9 @@ from anode.devchain.anvil import free_port
 
 
 @contextmanager
-def running_server(config: dict[str, Any], *, env: dict[str, str] | None = None, workers: int = 1) -> Iterator[str]:
+def running_server(
+    config: dict[str, Any], *, env: dict[str, str] | None = None, workers: int | str = 1
+) -> Iterator[str]:
     """Start ``anode serve --config`` with ``config``; yield its base URL; stop it afterwards."""
     with tempfile.TemporaryDirectory(prefix="anode-server-") as tmp:
         path = Path(tmp) / "config.yaml"

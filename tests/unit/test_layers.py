@@ -1,19 +1,19 @@
 """No module reaches back up the request's line (docs/architecture.md):
 
-    cli, custody_cli                       the command line
-    sandbox, keyserver, devchain           beside the request path
+    cli, custody_cli, deposit_cli          the command line
+    sandbox, keyserver, kms, devchain      beside the request path
     api, wiring, serving                   HTTP in and out; the composition root; serving it
-    sponsorship, custody, watch            the orchestration of the whole path; key rotation; the
+    sponsorship(_erc20), custody, watch    the orchestration of the whole path; key rotation; the
                                            EntryPoint follower
     pipeline                               checks and policies, in order
-    policy, chain                          limits and policies; node reads
+    policy, chain, pricing                 limits and policies; node reads; token prices
     config                                 settings: it composes each signer backend's Settings
                                            and knows the paymaster families by name
     paymasters                             byte layouts and getHash
     signers                                keys
     store                                  repositories
     userop, errors, metrics, outbound,     shared by all
-    redact
+    redact, progress
 
 A module may import its own package, its layer's other packages and anything below; never a
 layer above. Every ``import`` counts: at module level, inside functions, under
@@ -30,17 +30,17 @@ import anode
 PACKAGE = Path(anode.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"cli", "custody_cli"},
-    {"sandbox", "keyserver", "devchain"},
+    {"cli", "custody_cli", "deposit_cli", "policy_cli"},
+    {"sandbox", "keyserver", "kms", "devchain"},
     {"api", "wiring", "serving"},
-    {"sponsorship", "custody", "watch"},
+    {"sponsorship", "sponsorship_erc20", "custody", "watch"},
     {"pipeline"},
-    {"policy", "chain"},
+    {"policy", "chain", "pricing"},
     {"config"},
     {"paymasters"},
     {"signers"},
     {"store"},
-    {"userop", "errors", "metrics", "outbound", "redact", "__init__"},
+    {"userop", "errors", "metrics", "outbound", "redact", "progress", "__init__"},
 ]
 RANK = {name: len(LAYERS) - i for i, layer in enumerate(LAYERS) for name in layer}
 

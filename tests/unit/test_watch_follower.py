@@ -28,7 +28,7 @@ BLOCK_HASH = "0x" + "33" * 32
 
 
 class FakeNode(ChainClient):
-    """Answers ``eth_getLogs`` with the logs given; records the query."""
+    """Answers ``eth_getLogs`` with the logs given whose first topic the query asks for; records the queries."""
 
     def __init__(self, logs: list[Any]) -> None:
         super().__init__("http://127.0.0.1:1")
@@ -38,7 +38,8 @@ class FakeNode(ChainClient):
     async def request(self, method: str, params: list[Any]) -> Any:
         assert method == "eth_getLogs"
         self.queries.append(params[0])
-        return self.logs
+        wanted = params[0]["topics"][0]
+        return [log for log in self.logs if log["topics"][0] == wanted]
 
 
 def word(value: int) -> str:
@@ -79,9 +80,35 @@ async def test_a_log_decodes_to_an_inclusion_and_the_query_filters_on_the_paymas
     assert (first.user_op_hash, first.tx_hash, first.block_hash) == (OP_HASH, TX_HASH, BLOCK_HASH)
     assert (first.nonce, first.success, first.actual_gas_cost, first.actual_gas_used) == (5, True, 123_456, 78)
     assert first.entry_point == EP_V07 and first.paymaster.lower() == PAYMASTER
-    (query,) = node.queries
+    query, sponsored = node.queries  # the EntryPoint's events, then the paymasters' own
     assert (query["fromBlock"], query["toBlock"]) == ("0x5", "0x9")
     assert query["topics"][3] == ["0x" + "00" * 12 + PAYMASTER[2:]]
+    assert (sponsored["address"], sponsored["fromBlock"], sponsored["toBlock"]) == ([PAYMASTER], "0x5", "0x9")
+    assert first.token_amount_paid is None  # no UserOperationSponsored: not paid in a token
+
+
+def sponsored_log(amount: int, op_hash: str = OP_HASH) -> dict[str, Any]:
+    return {
+        "address": PAYMASTER,
+        "topics": ["0x" + events.USER_OPERATION_SPONSORED.hex(), op_hash, "0x" + "00" * 12 + "cd" * 20],
+        "data": "0x" + word(1) + "00" * 12 + "ef" * 20 + word(amount) + word(10**18),
+        "blockNumber": hex(7),
+        "blockHash": BLOCK_HASH,
+        "transactionHash": TX_HASH,
+        "removed": False,
+    }
+
+
+async def test_the_token_amount_paid_comes_from_the_paymasters_user_operation_sponsored_event() -> None:
+    other = "0x" + "44" * 32  # the same transaction's event for another operation
+    node = FakeNode([event_log(7), sponsored_log(987_654_321), sponsored_log(5, other)])
+    (found,) = await events.inclusions(node, [bytes.fromhex(EP_V07[2:])], [bytes.fromhex(PAYMASTER[2:])], 5, 9)
+    assert found.token_amount_paid == 987_654_321
+
+
+def test_the_sponsored_topic_is_the_singleton_paymasters_event() -> None:
+    signature = "UserOperationSponsored(bytes32,address,uint8,address,uint256,uint256)"
+    assert keccak(text=signature) == events.USER_OPERATION_SPONSORED
 
 
 async def test_a_malformed_log_is_the_nodes_fault() -> None:

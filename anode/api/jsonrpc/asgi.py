@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -60,12 +61,21 @@ class JsonRpcEndpoint:
         if body is None:  # the client went away
             return
         request_id = scope.get("state", {}).get("request_id")
-        ctx = CallContext(anode.service, api_key_id, *self._sponsor, request_id)
+        ctx = CallContext(anode.service, api_key_id, *self._sponsor, request_id, _chain_query(scope))
         answer = await dispatch(body, ctx, max_batch=self._max_batch)
         if answer is None:
             await _answer(send, 204, None)
         else:
             await _answer(send, 200, answer)
+
+
+def _chain_query(scope: Scope) -> str | None:
+    """``chainId`` of the URL's query (``/api/v1/rpc?chainId=8453``): where relayed bundler calls go."""
+    query = scope.get("query_string", b"")
+    if not query:
+        return None
+    values = parse_qs(query.decode("latin-1")).get("chainId")
+    return values[0] if values else None
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -14,3 +14,5 @@ class CallContext:
     sponsor_name: str
     sponsor_icon: str | None
     request_id: str | None = None
+    #: ``?chainId=`` of the request's URL: the chain whose bundler a relayed ``eth_*`` call goes to
+    chain_id: str | None = None

@@ -6,7 +6,9 @@ signer down) makes the status ``degraded`` and the answer HTTP 503, for load bal
 The endpoint needs no key, so its node reads (the chain id, each paymaster's deposit) are made
 at most once per ``server.health_cache_seconds`` (default 5; 0 reads on every hit), and hits
 arriving while a read runs share it: a flood of hits costs the node one round of reads per
-interval. The signer's state and the security filter's are in memory and always current. With the
+interval. A paymaster with a ``low_balance_wei`` shows it beside its deposit, with ``depositStatus``
+``ok`` or ``low``; a low deposit makes the status ``degraded`` too. The signer's state and the
+security filter's are in memory and always current. With the
 security filter on, each chain says whether its node keeps the history contract ages need
 (``security.contractAge``: ``available``, ``unavailable: node has no archive state (…)``, or
 ``not checked yet``).
@@ -25,7 +27,7 @@ from anode.api.errors import json_response
 from anode.errors import AnodeError
 from anode.pipeline.modules.security import SecurityFilter
 from anode.pipeline.routes import Route
-from anode.userop.codec import checksum
+from anode.userop.codec import checksum, parse_address
 
 router = APIRouter(tags=["health"])
 
@@ -61,7 +63,7 @@ class SharedRead:
         return value
 
 
-async def _paymaster_health(route: Route) -> dict[str, Any]:
+async def _paymaster_health(route: Route, low_balance_wei: int | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "address": checksum(route.paymaster.address),
         "contract": route.paymaster.name,
@@ -69,13 +71,20 @@ async def _paymaster_health(route: Route) -> dict[str, Any]:
         "entryPointVersion": route.version.value,
     }
     try:
-        entry["deposit"] = str(await route.chain.deposit_of(route.entry_point, route.paymaster.address))
+        deposit = await route.chain.deposit_of(route.entry_point, route.paymaster.address)
+        entry["deposit"] = str(deposit)
     except AnodeError as exc:
         entry["error"] = exc.message
+        return entry
+    if low_balance_wei is not None:  # below it, the deposit monitor alerts and the server is degraded
+        entry["lowBalanceWei"] = str(low_balance_wei)
+        entry["depositStatus"] = "low" if deposit < low_balance_wei else "ok"
     return entry
 
 
-async def _read_chains(routes: list[Route]) -> ChainReport:
+async def _read_chains(
+    routes: list[Route], thresholds: dict[tuple[int, bytes], int | None] | None = None
+) -> ChainReport:
     healthy = True
     chains: list[dict[str, Any]] = []
     by_chain: dict[int, list[Route]] = {}
@@ -94,9 +103,14 @@ async def _read_chains(routes: list[Route]) -> ChainReport:
             healthy = False
             status["nodeReachable"] = False
             status["error"] = exc.message
-        status["paymasters"] = list(await asyncio.gather(*(_paymaster_health(r) for r in served)))
-        # a deposit aNode cannot read is one it cannot vouch for: as degraded as an unreachable node
-        healthy = healthy and not any("error" in entry for entry in status["paymasters"])
+        limits = thresholds or {}
+        reads = (_paymaster_health(r, limits.get((r.chain_id, r.entry_point))) for r in served)
+        status["paymasters"] = list(await asyncio.gather(*reads))
+        # a deposit aNode cannot read is one it cannot vouch for: as degraded as an unreachable node;
+        # one below its low_balance_wei is about to run dry
+        healthy = healthy and not any(
+            "error" in entry or entry.get("depositStatus") == "low" for entry in status["paymasters"]
+        )
         chains.append(status)
     return healthy, chains
 
@@ -112,17 +126,44 @@ def _reads_of(request: Request) -> SharedRead:
 @router.get("/health")
 async def health(request: Request) -> Any:
     anode = request.app.state.anode
-    healthy, chains = await _reads_of(request).get(lambda: _read_chains(anode.routes))
+    thresholds = {
+        (chain.chain_id, parse_address(pm.entry_point)): pm.low_balance_wei
+        for chain in anode.settings.chains
+        for pm in chain.paymasters
+    }
+    healthy, chains = await _reads_of(request).get(lambda: _read_chains(anode.routes, thresholds))
     security = next((m for m in anode.service.pipeline.checks if isinstance(m, SecurityFilter)), None)
     if security is not None:  # copies: the cached entries are shared by every hit
         history = security.assessor.history
         chains = [{**c, "security": {"contractAge": history.status(c["chainId"])}} for c in chains]
     signing = anode.signer.health()
     healthy = healthy and signing["status"] != "down"
+    erc20 = await _erc20_health(request) if anode.service.tokens is not None else None
+    healthy = healthy and (erc20 is None or erc20["status"] == "ok")
     body = {
         "status": "ok" if healthy else "degraded",
         "signer": {"address": anode.signer.address, "backend": anode.signer.backend},
         "signing": signing,
         "chains": chains,
     }
+    if erc20 is not None:
+        body["erc20"] = erc20
     return json_response(body, 200 if healthy else 503)
+
+
+async def _erc20_health(request: Request) -> dict[str, Any]:
+    """ERC-20 mode: every treasury has approved its paymaster, and every price reads (``docs/erc20.md``)."""
+    anode = request.app.state.anode
+    reads: SharedRead | None = getattr(request.app.state, "treasury_reads", None)
+    if reads is None:
+        reads = request.app.state.treasury_reads = SharedRead(anode.settings.server.health_cache_seconds)
+
+    async def read() -> ChainReport:
+        problems = await anode.service.tokens.treasury_allowances(list(anode.routes))
+        return not problems, [{"reason": problem} for problem in problems]
+
+    _, treasury = await reads.get(read)
+    reasons = [entry["reason"] for entry in treasury]
+    failures = anode.prices.failures() if anode.prices is not None else {}
+    reasons += [f"price of {token} not refreshed: {why}" for token, why in failures.items()]
+    return {"status": "degraded" if reasons else "ok", "problems": reasons}

@@ -50,7 +50,7 @@ async def list_operations(
         row["nonce"] = hex(row["nonce"])
         row["max_gas_cost_wei"] = str(row["max_gas_cost_wei"])
         # the outcome on chain (the EntryPoint follower, watch.enabled): status signed, included or expired
-        for name in ("actual_gas_cost_wei", "actual_gas_used"):
+        for name in ("actual_gas_cost_wei", "actual_gas_used", "token_amount_paid"):
             if row.get(name) is not None:
                 row[name] = str(row[name])
     return {"operations": rows, "count": len(rows)}

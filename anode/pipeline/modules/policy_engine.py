@@ -35,9 +35,12 @@ from anode.policy.evaluate import OpFacts
 from anode.policy.limits import DEFAULT_REDIS_PREFIX, LimiterKind, build_limiter
 from anode.policy.repository import PolicyRepository
 from anode.policy.webhooks import WebhookClient
+from anode.store.reconcile import Reservation
 from anode.userop.models import UserOperation
 
 NAME = "policy_engine"
+#: ``Context.facts`` key: the amount-limit reservations of a final decision, which the ledger records
+RESERVATIONS = "reservations"
 
 
 class Config(BaseModel):
@@ -65,6 +68,8 @@ class PolicyEngineModule:
         decision = await self.engine.decide(operation_of(ctx), final=ctx.final, only=_named_policy(ctx))
         if decision.reserved:
             ctx.compensations.append(partial(self.engine.release, decision.reserved))
+        if decision.amounts:  # recorded with the signature, for reconciliation (store/reconcile.py)
+            ctx.facts[RESERVATIONS] = tuple(Reservation(b.key, b.window_start, b.amount) for b in decision.amounts)
         ids = [policy.id for policy in decision.policies]
         if decision.refusal is not None:
             refusal = decision.refusal
@@ -94,16 +99,24 @@ def calls_of(sender: bytes, call_data: bytes, decoded: Decoded | None = None) ->
 account_selector = selector_of
 
 
-def facts_of(op: UserOperation, chain_id: int, max_gas_cost: int, decoded: Decoded | None = None) -> OpFacts:
+def facts_of(
+    op: UserOperation,
+    chain_id: int,
+    max_gas_cost: int,
+    decoded: Decoded | None = None,
+    *,
+    mode: str = "verifying",
+    token: str | None = None,
+) -> OpFacts:
     """What policies test, the same for the pipeline and the dry run."""
     calls = calls_of(op.sender, op.call_data, decoded)
     selector = account_selector(op.call_data)
-    return OpFacts(checksum_of(op.sender), chain_id, calls, op.max_fee_per_gas, max_gas_cost, selector)
+    return OpFacts(checksum_of(op.sender), chain_id, calls, op.max_fee_per_gas, max_gas_cost, selector, mode, token)
 
 
 def operation_of(ctx: Context) -> Operation:
     """The operation in the pipeline: ``ctx.op`` already carries the paymaster's gas limits."""
-    facts = facts_of(ctx.op, ctx.chain_id, ctx.max_gas_cost, ctx.decoded())
+    facts = facts_of(ctx.op, ctx.chain_id, ctx.max_gas_cost, ctx.decoded(), mode=ctx.mode, token=ctx.token)
     return Operation(facts, ctx.op, checksum_of(ctx.route.entry_point), ctx.api_key_id)
 
 

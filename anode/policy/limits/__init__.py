@@ -1,6 +1,7 @@
 """Limiter stores: check-and-reserve every counter of one operation, atomically, or none of them.
 
     LimiterStore (protocol)   reserve(buckets) → None | Exceeded; release(buckets); usage(buckets)
+                              spent(buckets); adjust(adjustments): reconciliation, once per id
     ├── MemoryLimiter         one process (tests, a single development server)
     ├── SqlLimiter            SQLite (BEGIN IMMEDIATE: writers are serialised) and PostgreSQL
     │                         (one transaction of conditional upserts, rolled back if one is full)
@@ -9,7 +10,11 @@
 
 A *bucket* is one counter in one window: ``reserve`` adds each bucket's ``amount`` when every
 bucket stays within its ``limit`` and otherwise adds nothing, saying which bucket was full and
-how much it held. ``release`` takes a reservation back (never below zero).
+how much it held. ``release`` takes a reservation back (never below zero). Reconciliation
+(``anode/watch/reconcile.py``) later turns a reservation into the operation's actual cost, or
+releases it, through ``adjust``: each adjustment carries an id and is applied once, so a follower
+that crashes after applying and before recording it applies it again harmlessly. ``spent`` is
+the actual cost inside ``used``; ``used - spent`` is still reserved.
 
 Failure is never permission: any error of the store (unreachable, timed out, refusing writes)
 raises ``LimitStoreUnavailable`` and the operation is refused. A reservation is committed
@@ -29,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import sqlalchemy as sa
 
 from anode.errors import ConfigError
-from anode.policy.limits.base import Bucket, Exceeded, LimiterStore
+from anode.policy.limits.base import Adjustment, Bucket, Exceeded, LimiterStore
 from anode.policy.limits.memory import MemoryLimiter
 from anode.policy.limits.redis import DEFAULT_REDIS_PREFIX, RedisLimiter
 from anode.policy.limits.sql import SqlLimiter
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_REDIS_PREFIX",
+    "Adjustment",
     "Bucket",
     "Exceeded",
     "LimiterKind",

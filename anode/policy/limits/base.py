@@ -33,6 +33,22 @@ class Bucket:
 
 
 @dataclass(frozen=True, slots=True)
+class Adjustment:
+    """A change to one counter after the fact (reconciliation), applied at most once by ``id``.
+
+    ``used_delta`` changes what the limit counts (negative: a reservation shrinks to the actual
+    cost, or is released); ``spent_delta`` changes the actual cost inside it. Both are floored at
+    zero; a counter that no longer exists (its window passed and it was dropped) is left alone.
+    """
+
+    id: int
+    key: str
+    window_start: int
+    used_delta: int
+    spent_delta: int
+
+
+@dataclass(frozen=True, slots=True)
 class Exceeded:
     """``buckets[index]`` had no room: it held ``used`` before this operation."""
 
@@ -53,6 +69,14 @@ class LimiterStore(Protocol):
 
     async def usage(self, buckets: Sequence[Bucket]) -> list[int]:
         """What each bucket holds now (amounts and limits ignored)."""
+        ...
+
+    async def spent(self, buckets: Sequence[Bucket]) -> list[int]:
+        """The actual cost inside each bucket's usage (the rest is reserved for pending operations)."""
+        ...
+
+    async def adjust(self, adjustments: Sequence[Adjustment]) -> None:
+        """Apply each adjustment whose ``id`` this store has not applied yet (idempotent)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from anode.policy.limits.base import PRUNE_EVERY_SECONDS, Bucket, Exceeded, check_unique
+from anode.policy.limits.base import PRUNE_EVERY_SECONDS, Adjustment, Bucket, Exceeded, check_unique
 
 
 class MemoryLimiter:
@@ -15,6 +15,8 @@ class MemoryLimiter:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._used: dict[tuple[str, int], tuple[int, int | None]] = {}
+        self._spent: dict[tuple[str, int], int] = {}
+        self._applied: set[int] = set()
         self._clock = clock
         self._pruned = clock()
 
@@ -42,6 +44,21 @@ class MemoryLimiter:
     async def usage(self, buckets: Sequence[Bucket]) -> list[int]:
         return [self._get(bucket) for bucket in buckets]
 
+    async def spent(self, buckets: Sequence[Bucket]) -> list[int]:
+        return [self._spent.get((bucket.key, bucket.window_start), 0) for bucket in buckets]
+
+    async def adjust(self, adjustments: Sequence[Adjustment]) -> None:
+        for change in adjustments:
+            if change.id in self._applied:
+                continue
+            self._applied.add(change.id)
+            slot = (change.key, change.window_start)
+            if slot not in self._used:
+                continue
+            used, expires = self._used[slot]
+            self._used[slot] = (max(0, used + change.used_delta), expires)
+            self._spent[slot] = max(0, self._spent.get(slot, 0) + change.spent_delta)
+
     def _prune(self) -> None:
         now = self._clock()
         if now - self._pruned < PRUNE_EVERY_SECONDS:
@@ -50,6 +67,8 @@ class MemoryLimiter:
         for slot, (_, expires) in list(self._used.items()):
             if expires is not None and expires < now:
                 del self._used[slot]
+                self._spent.pop(slot, None)
 
     async def aclose(self) -> None:
         self._used.clear()
+        self._spent.clear()

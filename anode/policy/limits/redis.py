@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from anode.policy.limits.base import Bucket, Complaints, Exceeded, check_unique
+from anode.policy.limits.base import Adjustment, Bucket, Complaints, Exceeded, check_unique
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -90,6 +90,42 @@ return 1
 """
 )
 
+# KEYS: per adjustment, its applied marker, the counter and the counter's spent key; ARGV: per
+# adjustment, the used delta and the spent delta as signed decimals, then the marker's lifetime (ms)
+_LUA_ADJUST = (
+    _LUA_DECIMALS
+    + """
+local function shift(u, d)
+  if string.sub(d, 1, 1) == '-' then
+    local m = string.sub(d, 2)
+    if cmp(u, m) > 0 then return sub(u, m) end
+    return '0'
+  end
+  return add(u, d)
+end
+local keep = ARGV[#ARGV]
+for i = 1, #KEYS / 3 do
+  if redis.call('SET', KEYS[3 * i - 2], '1', 'NX', 'PX', keep) then
+    local u = redis.call('GET', KEYS[3 * i - 1])
+    if u then
+      redis.call('SET', KEYS[3 * i - 1], shift(u, ARGV[2 * i - 1]), 'KEEPTTL')
+      local s = redis.call('GET', KEYS[3 * i]) or '0'
+      local ttl = redis.call('PTTL', KEYS[3 * i - 1])
+      if ttl > 0 then
+        redis.call('SET', KEYS[3 * i], shift(s, ARGV[2 * i]), 'PX', ttl)
+      else
+        redis.call('SET', KEYS[3 * i], shift(s, ARGV[2 * i]))
+      end
+    end
+  end
+end
+return 1
+"""
+)
+
+#: how long an applied adjustment's marker is kept (the follower records it as applied within seconds)
+_APPLIED_KEEP_MS = 7 * 86400 * 1000
+
 #: one hash slot for every counter (``{limits}``), so the script may touch them all on Redis Cluster
 DEFAULT_REDIS_PREFIX = "anode:{limits}:"
 
@@ -111,6 +147,7 @@ class RedisLimiter:
         self._timeout = timeout
         self._reserve = redis.register_script(_LUA_RESERVE)
         self._release = redis.register_script(_LUA_RELEASE)
+        self._adjust = redis.register_script(_LUA_ADJUST)
         pool_size = getattr(redis.connection_pool, "max_connections", 100)
         self._slots = asyncio.Semaphore(max(1, min(64, pool_size // 2)))
         self._complaints = Complaints("redis")
@@ -152,6 +189,26 @@ class RedisLimiter:
         keys = [self._key(b) for b in buckets]
         values: Any = await self._call(lambda: self._redis.mget(keys))
         return [0 if value is None else int(_text(value)) for value in values]
+
+    async def spent(self, buckets: Sequence[Bucket]) -> list[int]:
+        if not buckets:
+            return []
+        keys = [self._key(b) + ":spent" for b in buckets]
+        values: Any = await self._call(lambda: self._redis.mget(keys))
+        return [0 if value is None else int(_text(value)) for value in values]
+
+    async def adjust(self, adjustments: Sequence[Adjustment]) -> None:
+        """One script: each adjustment's marker (``<prefix>applied:<id>``) is set with its change, or it is skipped."""
+        if not adjustments:
+            return
+        keys: list[str] = []
+        args: list[str] = []
+        for change in adjustments:
+            counter = f"{self._prefix}{change.key}:{change.window_start}"
+            keys += [f"{self._prefix}applied:{change.id}", counter, counter + ":spent"]
+            args += [str(change.used_delta), str(change.spent_delta)]
+        args.append(str(_APPLIED_KEEP_MS))
+        await self._call(lambda: self._adjust(keys=keys, args=args))
 
     async def aclose(self) -> None:
         """The Redis client belongs to the server (``Dependencies.redis``): it closes it."""

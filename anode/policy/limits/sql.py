@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from anode.errors import ConfigError
-from anode.policy.limits.base import PRUNE_EVERY_SECONDS, Bucket, Complaints, Exceeded, check_unique
+from anode.policy.limits.base import PRUNE_EVERY_SECONDS, Adjustment, Bucket, Complaints, Exceeded, check_unique
 from anode.store.database import invalidate, write_lock
 from anode.store.group_commit import GroupCommit
-from anode.store.policies import policy_usage
+from anode.store.policies import policy_usage, policy_usage_applied
 
 T = TypeVar("T")
 
@@ -38,6 +38,15 @@ _PG_RELEASE = sa.text(
     "UPDATE policy_usage SET used = GREATEST(used - :amount, 0) "
     "WHERE counter = :counter AND window_start = :window_start"
 )
+
+
+_PG_MARK = sa.text("INSERT INTO policy_usage_applied (id, applied_at) VALUES (:id, :now) ON CONFLICT (id) DO NOTHING")
+_PG_ADJUST = sa.text(
+    "UPDATE policy_usage SET used = GREATEST(used + :used, 0), spent = GREATEST(spent + :spent, 0) "
+    "WHERE counter = :counter AND window_start = :window_start"
+)
+#: how long an applied adjustment's id is kept (the follower records it as applied within seconds)
+_APPLIED_KEEP_SECONDS = 7 * 86400
 
 
 class SqlLimiter:
@@ -95,6 +104,14 @@ class SqlLimiter:
     async def usage(self, buckets: Sequence[Bucket]) -> list[int]:
         return await self._run(self._usage, buckets) if buckets else []
 
+    async def spent(self, buckets: Sequence[Bucket]) -> list[int]:
+        return await self._run(self._spent, buckets) if buckets else []
+
+    async def adjust(self, adjustments: Sequence[Adjustment]) -> None:
+        """One transaction: each adjustment's id is recorded in ``policy_usage_applied`` with its change, or skipped."""
+        if adjustments:
+            await self._run(self._adjust_sqlite if self._sqlite else self._adjust_pg, adjustments)
+
     async def aclose(self) -> None:
         self._pool.shutdown(wait=True)
         self._discard()
@@ -129,6 +146,19 @@ class SqlLimiter:
             for bucket in sorted(buckets, key=lambda b: (b.key, b.window_start)):
                 params = {"counter": bucket.key, "window_start": bucket.window_start, "amount": Decimal(bucket.amount)}
                 connection.execute(_PG_RELEASE, params)
+
+    def _adjust_pg(self, adjustments: Sequence[Adjustment]) -> None:
+        now = int(self._clock())
+        with self._engine.begin() as connection:
+            for change in sorted(adjustments, key=lambda a: a.id):
+                if connection.execute(_PG_MARK, {"id": change.id, "now": now}).rowcount:
+                    params = {
+                        "counter": change.key,
+                        "window_start": change.window_start,
+                        "used": Decimal(change.used_delta),
+                        "spent": Decimal(change.spent_delta),
+                    }
+                    connection.execute(_PG_ADJUST, params)
 
     # SQLite: BEGIN IMMEDIATE takes the write lock first, so read-check-write cannot interleave.
     # Reservations share transactions (group commit): while one batch is written, the next one
@@ -233,6 +263,34 @@ class SqlLimiter:
 
         self._immediate(work)
 
+    def _adjust_sqlite(self, adjustments: Sequence[Adjustment]) -> None:
+        now = int(self._clock())
+
+        def work(cursor: Any) -> None:
+            for change in adjustments:
+                cursor.execute(
+                    "INSERT OR IGNORE INTO policy_usage_applied (id, applied_at) VALUES (?, ?)", (change.id, now)
+                )
+                if cursor.rowcount != 1:
+                    continue
+                cursor.execute(
+                    "SELECT used, spent FROM policy_usage WHERE counter = ? AND window_start = ?",
+                    (change.key, change.window_start),
+                )
+                row = cursor.fetchone()
+                if row is not None:
+                    cursor.execute(
+                        "UPDATE policy_usage SET used = ?, spent = ? WHERE counter = ? AND window_start = ?",
+                        (
+                            str(max(0, int(row[0]) + change.used_delta)),
+                            str(max(0, int(row[1]) + change.spent_delta)),
+                            change.key,
+                            change.window_start,
+                        ),
+                    )
+
+        self._immediate(work)
+
     # both
 
     @staticmethod
@@ -251,8 +309,19 @@ class SqlLimiter:
             rows = {(row.counter, row.window_start): int(row.used) for row in connection.execute(query)}
         return [rows.get((b.key, b.window_start), 0) for b in buckets]
 
+    def _spent(self, buckets: Sequence[Bucket]) -> list[int]:
+        query = sa.select(policy_usage.c.counter, policy_usage.c.window_start, policy_usage.c.spent).where(
+            policy_usage.c.counter.in_(sorted({b.key for b in buckets}))
+        )
+        with self._engine.connect() as connection:
+            rows = {(row.counter, row.window_start): int(row.spent) for row in connection.execute(query)}
+        return [rows.get((b.key, b.window_start), 0) for b in buckets]
+
     def _prune(self, now: int) -> None:
         with self._engine.begin() as connection:
             connection.execute(
                 policy_usage.delete().where(policy_usage.c.expires_at.is_not(None), policy_usage.c.expires_at < now)
+            )
+            connection.execute(
+                policy_usage_applied.delete().where(policy_usage_applied.c.applied_at < now - _APPLIED_KEEP_SECONDS)
             )

@@ -13,6 +13,13 @@ from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.methods import (
     anode_processUserOperation,
     anode_sponsorUserOperation,
+    eth_chainId,
+    eth_estimateUserOperationGas,
+    eth_getUserOperationByHash,
+    eth_getUserOperationReceipt,
+    eth_sendUserOperation,
+    eth_supportedEntryPoints,
+    pimlico_getTokenQuotes,
     pm_getPaymasterData,
     pm_getPaymasterStubData,
     pm_sponsorUserOperation,
@@ -30,4 +37,12 @@ METHODS: dict[str, Handler] = {
     pm_supportedEntryPoints.NAME: pm_supportedEntryPoints.handle,
     anode_processUserOperation.NAME: anode_processUserOperation.handle,
     pm_validateSponsorshipPolicies.NAME: pm_validateSponsorshipPolicies.handle,
+    pimlico_getTokenQuotes.NAME: pimlico_getTokenQuotes.handle,
+    # the relay: the chain's bundler methods, passed through (api/jsonrpc/relay.py)
+    eth_sendUserOperation.NAME: eth_sendUserOperation.handle,
+    eth_estimateUserOperationGas.NAME: eth_estimateUserOperationGas.handle,
+    eth_getUserOperationReceipt.NAME: eth_getUserOperationReceipt.handle,
+    eth_getUserOperationByHash.NAME: eth_getUserOperationByHash.handle,
+    eth_supportedEntryPoints.NAME: eth_supportedEntryPoints.handle,
+    eth_chainId.NAME: eth_chainId.handle,
 }

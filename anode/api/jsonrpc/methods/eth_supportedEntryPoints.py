@@ -1,0 +1,17 @@
+"""``eth_supportedEntryPoints []``: the EntryPoints the bundler accepts.
+
+Relayed unchanged to the bundler of the request's chain (``api/jsonrpc/relay.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anode.api.jsonrpc.context import CallContext
+from anode.api.jsonrpc.relay import relay
+
+NAME = "eth_supportedEntryPoints"
+
+
+async def handle(params: Any, ctx: CallContext) -> Any:
+    return await relay(NAME, params, ctx)
