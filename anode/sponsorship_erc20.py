@@ -18,7 +18,7 @@ maximum charge and the paymaster may take it (docs/erc20.md, "Not losing the spo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -37,7 +37,7 @@ from anode.paymasters.base import ValidityWindow, dummy_signature
 from anode.paymasters.singleton import SingletonPaymaster
 from anode.paymasters.singleton_erc20 import Erc20Terms, SingletonErc20, max_token_cost
 from anode.pipeline.routes import Route
-from anode.pipeline.security.decode import APPROVE, INCREASE_ALLOWANCE, decode_call_data, grant_of
+from anode.pipeline.security.decode import APPROVE, INCREASE_ALLOWANCE, Call, decode_call_data, grant_of
 from anode.pricing.base import TokenQuote
 from anode.userop.codec import checksum, parse_address, parse_quantity
 from anode.userop.models import UserOperation, UserOperationV06
@@ -120,7 +120,8 @@ class TokenPayment:
                 data={**amounts, "maxTokenAmount": str(self.max_token_amount)},
             )
         # an approve leading the op's calls sets the allowance postOp finds; else it is the one on chain
-        leading = _leading_approval(op, token, paymaster)
+        calls = decode_call_data(op.sender, op.call_data).calls
+        leading = _leading_approval(calls, token, paymaster)
         balance, allowance = await self._funds(op.sender, fresh=False)
         if balance < need or (leading is None and allowance < need):
             balance, allowance = await self._funds(op.sender, fresh=True)  # refuse on a fresh read only
@@ -138,7 +139,7 @@ class TokenPayment:
                 f"with approve({checksum(paymaster)}, {need}) on the token (or approve it beforehand)",
                 data={**amounts, "allowance": str(effective)},
             )
-        if _revokes(op, token, paymaster, need):
+        if _revokes(calls, token, paymaster, need):
             raise TokenAllowanceLow(
                 f"the operation's calls lower the paymaster's allowance of {self.token} below {need} before "
                 "postOp charges it: leave the allowance in place until the operation is paid",
@@ -242,9 +243,8 @@ class TokenMode:
         return problems
 
 
-def _leading_approval(op: UserOperation, token: bytes, paymaster: bytes) -> int | None:
+def _leading_approval(calls: Sequence[Call], token: bytes, paymaster: bytes) -> int | None:
     """The allowance an ``approve(paymaster, amount)`` on ``token`` as the op's first call sets, if it has one."""
-    calls = decode_call_data(op.sender, op.call_data).calls
     if not calls:
         return None
     first = calls[0]
@@ -256,9 +256,8 @@ def _leading_approval(op: UserOperation, token: bytes, paymaster: bytes) -> int 
     return grant.amount
 
 
-def _revokes(op: UserOperation, token: bytes, paymaster: bytes, need: int) -> bool:
+def _revokes(calls: Sequence[Call], token: bytes, paymaster: bytes, need: int) -> bool:
     """Whether a later call of the op sets the paymaster's allowance of ``token`` below ``need``."""
-    calls = decode_call_data(op.sender, op.call_data).calls
     for call in calls[1:]:
         if call.target != checksum(token) or call.data[:4] not in (APPROVE, INCREASE_ALLOWANCE):
             continue

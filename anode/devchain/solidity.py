@@ -1,4 +1,5 @@
-"""The dev chain's own small contracts (``contracts/*.sol``), compiled with npm's ``solc``.
+"""The dev chain's own small contracts (``contracts/*.sol``), compiled with npm's ``solc``
+(``compile_directory`` compiles the tests' contracts too).
 
 ``TestToken`` (an ERC-20 of any decimals that anyone may mint) and ``PriceFeed`` (a Chainlink
 ``AggregatorV3Interface`` whose owner sets each round) give ``anode sandbox`` and the tests an
@@ -36,18 +37,23 @@ process.stdin.on("end", () => { process.stdout.write(solc.compile(input)); });
 @functools.cache
 def dev_contracts() -> dict[str, Artifact]:
     """Every contract of ``anode/devchain/contracts/*.sol`` by name."""
+    return compile_directory(CONTRACTS, find_node_modules() / ".cache" / "anode-solc")
+
+
+def compile_directory(directory: Path, cache_dir: Path) -> dict[str, Artifact]:
+    """Every contract of ``directory/*.sol`` by name, compiled once per set of sources into ``cache_dir``."""
     modules = find_node_modules()
     package = modules / "solc"
     if not (package / "package.json").is_file():
         raise DevChainSetupError(f"npm package solc not found under {modules}: run `npm install`")
     version = json.loads((package / "package.json").read_text())["version"]
-    sources = {path.name: {"content": path.read_text()} for path in sorted(CONTRACTS.glob("*.sol"))}
+    sources = {path.name: {"content": path.read_text()} for path in sorted(directory.glob("*.sol"))}
     request = json.dumps({"language": "Solidity", "sources": sources, "settings": _SETTINGS}, sort_keys=True)
     digest = hashlib.sha256(f"solc {version}\n{request}".encode()).hexdigest()[:20]
-    cache = modules / ".cache" / "anode-solc" / f"{digest}.json"
+    cache = cache_dir / f"{digest}.json"
     if not cache.is_file():
         cache.parent.mkdir(parents=True, exist_ok=True)
-        output = _compile(package, request)
+        output = _compile(package, request, directory)
         with tempfile.NamedTemporaryFile("w", dir=cache.parent, suffix=".tmp", delete=False) as tmp:
             json.dump(output, tmp)
         os.replace(tmp.name, cache)  # atomic: parallel runs never read half a file
@@ -62,7 +68,7 @@ def dev_contracts() -> dict[str, Artifact]:
     }
 
 
-def _compile(package: Path, request: str) -> dict[str, dict[str, Any]]:
+def _compile(package: Path, request: str, directory: Path) -> dict[str, dict[str, Any]]:
     result = subprocess.run(
         ["node", "-e", _COMPILE_JS, str(package)], input=request, capture_output=True, text=True, timeout=120
     )
@@ -71,7 +77,7 @@ def _compile(package: Path, request: str) -> dict[str, dict[str, Any]]:
     output = json.loads(result.stdout)
     errors = [e["formattedMessage"] for e in output.get("errors", []) if e["severity"] == "error"]
     if errors:
-        raise DevChainSetupError("solc rejected anode/devchain/contracts:\n" + "\n".join(errors))
+        raise DevChainSetupError(f"solc rejected {directory}:\n" + "\n".join(errors))
     return {
         name: {
             "abi": entry["abi"],

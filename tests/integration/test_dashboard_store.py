@@ -14,12 +14,11 @@ import pytest
 import sqlalchemy as sa
 
 from anode.store.dashboard import MAX_WINDOW, DashboardStore, OutcomeCounter
-from anode.store.database import create_engine
 from anode.store.deposits import deposit_samples
 from anode.store.tables import sponsorships
 from anode.store.watch import unknown_operations, watch_cursors
 from tests.support.databases import database_url, engine  # noqa: F401 (fixtures)
-from tests.support.postgres import fresh_pg_database
+from tests.support.postgres import emptied, fresh_pg_database
 
 NOW = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(hours=1)
 BIG = 2**70 + 12345  # past 2**64: a float or a 64-bit integer would lose it
@@ -34,12 +33,7 @@ def pg_module_url() -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_module_url: str) -> str:
     """The module's PostgreSQL database, emptied before each test (``engine`` migrates it again)."""
-    server = create_engine(pg_module_url)
-    with server.begin() as connection:
-        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
-        connection.execute(sa.text("CREATE SCHEMA public"))
-    server.dispose()
-    return pg_module_url
+    return emptied(pg_module_url)
 
 
 def row(at: datetime, chain_id: int = 1, key: str | None = "k1", max_wei: int = 10, **outcome: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from anode.userop.codec import parse_address
 from anode.watch.deposits import DepositMonitor, WatchedDeposit
 from tests.support.databases import database_url, engine  # noqa: F401 (fixtures)
 from tests.support.http_server import serving_posts
-from tests.support.postgres import fresh_pg_database
+from tests.support.postgres import emptied, fresh_pg_database
 from tests.support.server import rpc, running_server
 from tests.support.wallet import Client, paymaster_of, rpc_op, server_config
 
@@ -61,12 +61,7 @@ def pg_module_url() -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_module_url: str) -> str:
     """The module's PostgreSQL database, emptied before each test."""
-    server = create_engine(pg_module_url)
-    with server.begin() as connection:
-        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
-        connection.execute(sa.text("CREATE SCHEMA public"))
-    server.dispose()
-    return pg_module_url
+    return emptied(pg_module_url)
 
 
 def onchain_deposit(anvil: Anvil, entry_point: str, paymaster: str) -> int:

@@ -39,7 +39,7 @@ from anode.watch.follower import Follower, WatchedChain
 from anode.wiring import build
 from tests.support.databases import database_url, engine  # noqa: F401 (fixtures)
 from tests.support.onchain import HandleOpsResult, UserOp, get_user_op_hash
-from tests.support.postgres import fresh_pg_database
+from tests.support.postgres import emptied, fresh_pg_database
 from tests.support.server import running_server
 from tests.support.wallet import Client, paymaster_of, server_config
 
@@ -55,12 +55,7 @@ def pg_module_url() -> Iterator[str]:
 @pytest.fixture
 def pg_url(pg_module_url: str) -> str:
     """The module's PostgreSQL database, emptied before each test."""
-    server = create_engine(pg_module_url)
-    with server.begin() as connection:
-        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
-        connection.execute(sa.text("CREATE SCHEMA public"))
-    server.dispose()
-    return pg_module_url
+    return emptied(pg_module_url)
 
 
 @pytest.fixture(scope="module")

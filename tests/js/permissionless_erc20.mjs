@@ -16,26 +16,20 @@
 // quote, paymasterRequests: [{method, params}], paymasterResponses: [...]}. On failure it prints
 // {success: false, error} and exits with 1.
 
-import { createPublicClient, createWalletClient, decodeFunctionData, defineChain, erc20Abi, http, parseAbi } from "viem";
+import { createPublicClient, createWalletClient, decodeFunctionData, erc20Abi, http, parseAbi } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createSmartAccountClient } from "permissionless";
 import { toSimpleSmartAccount } from "permissionless/accounts";
 import { createPimlicoClient } from "permissionless/clients/pimlico";
 import { prepareUserOperationForErc20Paymaster } from "permissionless/experimental/pimlico";
 
-import { bigintSafe } from "./simple_account.mjs";
+import { anvilChain, runMain } from "./simple_account.mjs";
 
 const MINT_ABI = parseAbi(["function mint(address to, uint256 amount)"]);
 
 async function main() {
   const args = JSON.parse(process.argv[2]);
-  const probe = createPublicClient({ transport: http(args.rpcUrl) });
-  const chain = defineChain({
-    id: await probe.getChainId(),
-    name: "anvil",
-    nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
-    rpcUrls: { default: { http: [args.rpcUrl] } },
-  });
+  const chain = await anvilChain(args.rpcUrl);
   const publicClient = createPublicClient({ chain, transport: http(args.rpcUrl) });
   const entryPoint = { address: args.entryPoint, version: "0.7" };
 
@@ -107,12 +101,4 @@ async function main() {
   };
 }
 
-main().then(
-  (result) => {
-    process.stdout.write(`${JSON.stringify(bigintSafe(result))}\n`);
-  },
-  (error) => {
-    process.stdout.write(`${JSON.stringify({ success: false, error: String(error?.stack ?? error), details: error?.details })}\n`);
-    process.exitCode = 1;
-  },
-);
+runMain(main);

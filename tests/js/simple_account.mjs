@@ -1,7 +1,8 @@
 // What the viem tests share: an eth-infinitism SimpleAccount (v0.6 / v0.7 / v0.8) through viem's
-// own `toSmartAccount`, the EntryPoint ABIs by version, and JSON output with bigints as hex.
+// own `toSmartAccount`, the EntryPoint ABIs by version, the anvil chain, and the one-line JSON
+// result (bigints as hex) each script prints.
 
-import { encodeFunctionData, parseAbi } from "viem";
+import { createPublicClient, defineChain, encodeFunctionData, http, parseAbi } from "viem";
 import { entryPoint06Abi, entryPoint07Abi, entryPoint08Abi, getUserOperationHash, toSmartAccount } from "viem/account-abstraction";
 
 export const ENTRY_POINT_ABIS = { "0.6": entryPoint06Abi, "0.7": entryPoint07Abi, "0.8": entryPoint08Abi };
@@ -61,4 +62,28 @@ export async function toSimpleAccount({ client, owner, factory, salt, entryPoint
 
 export function bigintSafe(value) {
   return JSON.parse(JSON.stringify(value, (_, v) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v)));
+}
+
+/** The chain behind ``rpcUrl`` (its own chain id), as viem's clients need it. */
+export async function anvilChain(rpcUrl) {
+  const probe = createPublicClient({ transport: http(rpcUrl) });
+  return defineChain({
+    id: await probe.getChainId(),
+    name: "anvil",
+    nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
+    rpcUrls: { default: { http: [rpcUrl] } },
+  });
+}
+
+/** Run ``main`` and print its result as one JSON line, or ``{success: false, error}`` and exit 1. */
+export function runMain(main) {
+  main().then(
+    (result) => {
+      process.stdout.write(`${JSON.stringify(bigintSafe(result))}\n`);
+    },
+    (error) => {
+      process.stdout.write(`${JSON.stringify({ success: false, error: String(error?.stack ?? error), details: error?.details })}\n`);
+      process.exitCode = 1;
+    },
+  );
 }

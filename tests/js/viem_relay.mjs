@@ -10,11 +10,11 @@
 // sender, chainId, supportedEntryPoints, requests: [{transport, method}], responses: [...]};
 // on failure {success: false, error} and exit code 1.
 
-import { createPublicClient, defineChain, http } from "viem";
+import { createPublicClient, http } from "viem";
 import { privateKeyToAccount } from "viem/accounts";
 import { createBundlerClient, createPaymasterClient } from "viem/account-abstraction";
 
-import { bigintSafe, ENTRY_POINT_ABIS, toSimpleAccount } from "./simple_account.mjs";
+import { anvilChain, ENTRY_POINT_ABIS, runMain, toSimpleAccount } from "./simple_account.mjs";
 
 function recorded(url, transport, requests, responses) {
   return http(url, {
@@ -30,13 +30,7 @@ function recorded(url, transport, requests, responses) {
 
 async function main() {
   const args = JSON.parse(process.argv[2]);
-  const probe = createPublicClient({ transport: http(args.rpcUrl) });
-  const chain = defineChain({
-    id: await probe.getChainId(),
-    name: "anvil",
-    nativeCurrency: { name: "Ether", symbol: "ETH", decimals: 18 },
-    rpcUrls: { default: { http: [args.rpcUrl] } },
-  });
+  const chain = await anvilChain(args.rpcUrl);
   const publicClient = createPublicClient({ chain, transport: http(args.rpcUrl) });
 
   const requests = [];
@@ -82,12 +76,4 @@ async function main() {
   };
 }
 
-main().then(
-  (result) => {
-    process.stdout.write(`${JSON.stringify(bigintSafe(result))}\n`);
-  },
-  (error) => {
-    process.stdout.write(`${JSON.stringify({ success: false, error: String(error?.stack ?? error), details: error?.details })}\n`);
-    process.exitCode = 1;
-  },
-);
+runMain(main);

@@ -42,3 +42,13 @@ def fresh_pg_database(prefix: str, *, migrate: bool = False) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def emptied(url: str) -> str:
+    """``url``'s database with every table dropped (a module's database, reused by each test)."""
+    server = create_engine(url)
+    with server.begin() as connection:
+        connection.execute(sa.text("DROP SCHEMA public CASCADE"))
+        connection.execute(sa.text("CREATE SCHEMA public"))
+    server.dispose()
+    return url
