@@ -23,12 +23,10 @@ import argparse
 import contextlib
 import json
 import os
-import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab import variant_server
 from pipeline import call_data_op, holders
 from run import ENTRY_POINT_V07, SANDBOX_CHAIN_ID, median, progress, rpc, sandbox, wrk_run
-from vs_node import machine
+from vs_node import machine, write_result
 
 MODES = ("verifying", "erc20")
 #: the target at 16 clients: ERC-20 mode's req/s within 15 % of verifying mode's
@@ -194,20 +192,11 @@ def main() -> int:
     text = table(results)
     print()
     print(text)
-    when = datetime.now(UTC)
-    out = args.out or Path(__file__).resolve().parent / "results" / f"erc20-{when:%Y%m%d-%H%M}.md"
-    shown = [arg for arg in sys.argv[1:] if arg not in ("--note", args.note)]
-    command = "python bench/erc20.py " + shlex.join(shown)
-    header = (
-        f"{when.isoformat(timespec='seconds')}, `{command}`\n\n"
-        f"{args.runs} run(s) x {args.duration} s per mode, {args.clients} clients, wrk -t1, "
-        f"pm_getPaymasterData v0.7 on one SingletonPaymaster, one `anode serve` process, {args.holders} "
-        f"senders, medians. {info}.\n"
+    setup = (
+        f"{args.runs} run(s) x {args.duration} s per mode, {args.clients} clients, wrk -t1, pm_getPaymasterData "
+        f"v0.7 on one SingletonPaymaster, one `anode serve` process, {args.holders} senders"
     )
-    if args.note:
-        header += f"\n{args.note}\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(header + "\n" + text + "\n")
+    out = write_result("erc20", "erc20", args, f"{setup}, medians. {info}.", text)
     print(f"\nwrote {out}")
     return 0
 

@@ -248,21 +248,27 @@ def main() -> int:
     text = table(results, configs)
     print()
     print(text)
-    when = datetime.now(UTC)
-    out = args.out or Path(__file__).resolve().parent / "results" / f"vs-node-{when:%Y%m%d-%H%M}.md"
-    shown = [arg for arg in sys.argv[1:] if arg not in ("--note", args.note)]  # the note goes below
-    command = "python bench/vs_node.py " + shlex.join(shown)
-    header = (
-        f"{when.isoformat(timespec='seconds')}, `{command}`\n\n"
+    setup = (
         f"{args.runs} run(s) x {args.duration} s per server, {args.clients} clients, wrk -t1, "
-        f"pm_getPaymasterData v0.7, one process each, medians. {info}.\n"
+        "pm_getPaymasterData v0.7, one process each"
     )
+    out = write_result("vs_node", "vs-node", args, f"{setup}, medians. {info}.", text)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def write_result(script: str, stem: str, args: argparse.Namespace, setup: str, text: str) -> Path:
+    """``text`` under a header (time, the command as run, ``setup``, ``--note``) in ``args.out`` or
+    ``bench/results/<stem>-<time>.md``; the path written."""
+    when = datetime.now(UTC)
+    out: Path = args.out or Path(__file__).resolve().parent / "results" / f"{stem}-{when:%Y%m%d-%H%M}.md"
+    shown = [arg for arg in sys.argv[1:] if arg not in ("--note", args.note)]  # the note goes below
+    header = f"{when.isoformat(timespec='seconds')}, `python bench/{script}.py {shlex.join(shown)}`\n\n{setup}\n"
     if args.note:
         header += f"\n{args.note}\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + "\n" + text + "\n")
-    print(f"\nwrote {out}")
-    return 0
+    return out
 
 
 if __name__ == "__main__":
