@@ -43,6 +43,10 @@ def _sandbox(args: argparse.Namespace) -> None:
     run_sandbox(Path(args.workdir), args.host, args.port, args.anvil_port, args.workers)
 
 
+#: the ledger's ERC-20 columns ``anode ops list`` shows after the mode (empty in verifying mode)
+_ERC20_COLUMNS = ("token", "max_token_amount", "exchange_rate")
+
+
 def _ops_list(args: argparse.Namespace) -> None:
     from anode.progress import Progress
     from anode.store.ledger import SqlLedger
@@ -56,15 +60,18 @@ def _ops_list(args: argparse.Namespace) -> None:
         engine.dispose()
     progress.label, progress.total = "operations listed", len(rows)
     head = f"{'time':32} {'sender':42} {'nonce':>8} {'max cost (wei)':>22}"
-    print(f"{head} {'status':8} {'actual cost (wei)':>22} userOpHash")
+    erc20 = f"{'mode':9} {'token':42} {'max tokens':>22} {'exchange rate':>22}"  # token, rate: ERC-20 mode only
+    print(f"{head} {'status':8} {'actual cost (wei)':>22} {erc20} userOpHash")
     for row in rows:
         cost, actual = row["max_gas_cost_wei"], row.get("actual_gas_cost_wei")
         status = row.get("status") or "signed"
         if status == "included" and row.get("success") is False:
             status = "reverted"  # included, the call reverted: the paymaster still paid
+        token, most, rate = (("" if row.get(name) is None else row[name]) for name in _ERC20_COLUMNS)
         print(
             f"{row['created_at']:32} {row['sender']:42} {hex(row['nonce']):>8} {cost:>22} {status:8} "
-            f"{'' if actual is None else actual:>22} {row['user_op_hash']}"
+            f"{'' if actual is None else actual:>22} {row.get('mode') or 'verifying':9} {token:42} {most:>22} "
+            f"{rate:>22} {row['user_op_hash']}"
         )
         progress.advance()
     progress.done()

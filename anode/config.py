@@ -420,6 +420,9 @@ class ServerSettings(_Section):
     max_batch_length: int = Field(100, ge=1, le=10_000)
     #: how long ``GET /health`` reuses its node reads (0: read on every hit)
     health_cache_seconds: float = Field(5.0, ge=0, le=300)
+    #: allocations between two runs of Python's cyclic garbage collector (0: Python's default, 700);
+    #: a request allocates a few hundred objects, nearly all freed without it (docs/performance.md)
+    gc_threshold: int = Field(50_000, ge=0, le=10_000_000)
 
 
 class WatchSettings(_Section):
@@ -467,6 +470,19 @@ class AlertSettings(_Section):
         return self
 
 
+class KmsClientSettings(_Section):
+    """The dual-signature KMS aNode co-signs passkey operations with (docs/kms.md, "aNode's side").
+
+    ``urls`` are replicas of one KMS (one database, one custody): a request goes to the first that
+    answers, in order. A replica's refusal is the KMS's decision and is never retried elsewhere.
+    """
+
+    #: the KMS replicas, e.g. ``https://kms-a.internal:9200``; masked in repr, str and JSON
+    urls: list[EndpointUrl] = Field(min_length=1)
+    #: how long one replica may take to answer before the next is asked
+    timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+
 class FundingSettings(_Section):
     """The key ``anode deposit add`` pays deposits from (``ANODE_FUNDING__PRIVATE_KEY`` in the environment)."""
 
@@ -487,6 +503,8 @@ class Settings(_Section):
     deposits: DepositSettings = Field(default_factory=DepositSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     funding: FundingSettings = Field(default_factory=FundingSettings)
+    #: the dual-signature KMS for the passkey flow (docs/kms.md); none: the flow is not offered
+    kms: KmsClientSettings | None = None
     #: Redis for shared caches and limits across processes (``redis://127.0.0.1:6379/0``); none: in-process
     redis_url: DatabaseUrl | None = None
     #: policies seeded at start-up (see the policy engine); managed at runtime through the API.

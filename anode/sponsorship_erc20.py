@@ -4,7 +4,9 @@
 it. The sponsorship service (``sponsorship.py``) keeps its line and asks this module three things:
 
     payment(route, context, window)   quote the token → the signed terms (``Erc20Terms``)
-    TokenPayment.shape(op, window)    the op with the ERC-20 placeholder and gas limits covering postOp
+    TokenPayment.shape(op, window)    the op with the ERC-20 stub data (a constantFee of 1, so that
+                                      estimates at 1 wei see postOp's transfer) and gas limits covering
+                                      postOp; ``with_data`` gives the final data, without the fee
     TokenPayment.check_funds(op)      before signing: balance, allowance (or a leading approve),
                                       the caller's maxTokenAmount
 
@@ -78,14 +80,15 @@ class TokenPayment:
         return checksum(self.terms.token)
 
     def shape(self, op: UserOperation, window: ValidityWindow) -> UserOperation:
-        """``op`` with this paymaster, gas limits that cover postOp and the placeholder data
-        (final length, a dummy signature): the operation the pipeline judges and the stub answers."""
+        """``op`` with this paymaster, gas limits that cover postOp and the stub data (a dummy
+        signature, and a charge of at least one base unit: :meth:`stub_terms_of`): the operation
+        the pipeline judges and the stub answers. :meth:`with_data` puts the final data in its place."""
         family = self.mode.paymaster
         attached = family.attach(op, b"")
         if not isinstance(attached, UserOperationV06):
             limit = max(attached.paymaster_post_op_gas_limit or 0, self.post_op_gas_limit)
             attached = attached.model_copy(update={"paymaster_post_op_gas_limit": limit})
-        return self.with_data(attached, window, dummy_signature())
+        return self._attach_data(attached, self.mode.encode(window, self.stub_terms_of(attached), dummy_signature()))
 
     def terms_of(self, op: UserOperation) -> Erc20Terms:
         """The terms signed for ``op`` (shaped): v0.7+ sign its own paymaster validation gas limit."""
@@ -93,9 +96,25 @@ class TokenPayment:
             return self.terms
         return replace(self.terms, paymaster_validation_gas_limit=op.paymaster_verification_gas_limit)
 
+    def stub_terms_of(self, op: UserOperation) -> Erc20Terms:
+        """The terms the stub carries: the signed ones with a ``constantFee`` of at least 1.
+
+        Bundlers estimate at a fee of 1 wei (Alto simulates with ``maxFeePerGas`` 1), where the
+        charge of a token with few decimals rounds down to 0 base units; ``postOp`` then moves
+        nothing (``transferFrom(treasury, sender, 0)``) and the estimate misses the gas of the real
+        transfer (sender → treasury, some 39k gas for a new balance slot). A constant fee makes the
+        charge at least one base unit at any fee, so the estimate measures the transfer the signed
+        operation makes. The stub is 16 bytes longer than the final data: the bundler's
+        preVerificationGas covers a little more calldata than is sent, never less.
+        """
+        terms = self.terms_of(op)
+        return replace(terms, constant_fee=max(terms.constant_fee or 0, 1))
+
     def with_data(self, op: UserOperation, window: ValidityWindow, signature: bytes) -> UserOperation:
-        """``op`` (already shaped) carrying ``encode(window, terms, signature)``."""
-        data = self.mode.encode(window, self.terms_of(op), signature)
+        """``op`` (already shaped) carrying ``encode(window, terms, signature)``: the final data."""
+        return self._attach_data(op, self.mode.encode(window, self.terms_of(op), signature))
+
+    def _attach_data(self, op: UserOperation, data: bytes) -> UserOperation:
         if isinstance(op, UserOperationV06):
             return op.model_copy(update={"paymaster_and_data": self.mode.paymaster.address + data})
         return op.model_copy(update={"paymaster_data": data})

@@ -15,6 +15,8 @@ from anode.config import Erc20Settings, Settings, worker_count
 from anode.custody.rotation import acceptance_check
 from anode.errors import ConfigError
 from anode.metrics import Metrics
+from anode.passkey.flow import PasskeyFlow
+from anode.passkey.kms_client import KmsClient
 from anode.paymasters.base import GasDefaults
 from anode.pipeline.base import Module
 from anode.pipeline.deps import Dependencies
@@ -33,6 +35,7 @@ from anode.store.api_keys import SqlApiKeys
 from anode.store.dashboard import DashboardStore, OutcomeCounter
 from anode.store.database import create_engine, upgrade
 from anode.store.ledger import Ledger, SqlLedger
+from anode.store.signer_events import SignerEventLog
 from anode.userop.codec import parse_address
 from anode.watch.deposits import DepositMonitor, WatchedDeposit
 from anode.watch.follower import Follower, WatchedChain
@@ -63,6 +66,8 @@ class Anode:
     #: the dashboard's reads, and this process's sponsorship answers counted per hour for it
     dashboard: DashboardStore | None = None
     outcomes: OutcomeCounter | None = None
+    #: the signer manager's failovers and health changes, written for the dashboard
+    signer_events: SignerEventLog | None = None
     #: the EntryPoint follower (``watch.enabled``), run as a background task between start and close
     follower: Follower | None = None
     _follower_stop: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
@@ -73,6 +78,8 @@ class Anode:
     _deposits_task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     #: ERC-20 mode: the price book (refreshed in the background between start and close)
     prices: PriceBook | None = None
+    #: the passkey flow with the dual-signature KMS (``kms:``), or ``None``
+    passkey: PasskeyFlow | None = None
 
     #: :meth:`start` has completed (starting again does nothing)
     started: bool = field(default=False, init=False)
@@ -92,6 +99,8 @@ class Anode:
                 "NO API KEYS CONFIGURED: anyone who can reach this server can spend the paymaster deposit "
                 "(set auth.api_keys)"
             )
+        if self.signer_events is not None:
+            self.signer_events.start()
         await self.signer.start()
         for name, kind, _ in self.signer.backends:
             if kind in IN_MEMORY_BACKENDS and self.settings.environment == "production":
@@ -141,6 +150,8 @@ class Anode:
             await self.deposits.aclose()
         if self.prices is not None:
             await self.prices.aclose()
+        if self.passkey is not None:
+            await self.passkey.aclose()
         for module in (*self.service.pipeline.checks, *self.service.pipeline.policies):
             close = getattr(module, "aclose", None)
             if close is not None:
@@ -151,6 +162,8 @@ class Anode:
             self.outcomes.close()
         await self.ledger.aclose()
         await self.signer.aclose()
+        if self.signer_events is not None:
+            self.signer_events.close()
         if self.deps is not None and self.deps.redis is not None:
             await self.deps.redis.aclose()
 
@@ -249,6 +262,8 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
         for r in routes
     ]
     signer = ManagedSigner.from_settings(settings.signer, metrics=metrics, targets=targets)
+    signer_events = SignerEventLog(engine)
+    signer.report_to(signer_events)
     project_keys = [key.get_secret_value() for key in settings.auth.api_keys]
     admin_keys = [key.get_secret_value() for key in settings.auth.admin_keys]
     key_store = SqlApiKeys(engine)
@@ -306,6 +321,8 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
         prices=prices,
         dashboard=DashboardStore(engine),
         outcomes=outcomes,
+        signer_events=signer_events,
+        passkey=PasskeyFlow(service, KmsClient(settings.kms)) if settings.kms is not None else None,
     )
 
 

@@ -56,6 +56,8 @@ def only(edit: Any, module: str) -> Any:
         for entry in tree["pipeline"]["modules"]:
             if entry["name"] not in (module, "paymaster_signer"):
                 entry["enabled"] = False
+        if module != "policy_engine":
+            tree.pop("policies", None)  # policies without the engine stop start-up
 
     return narrowed
 
@@ -67,6 +69,11 @@ def body(sender: str, nonce: int) -> bytes:
 
 async def drive(app: Any, wallets: list[str], calls: int, concurrency: int, start_nonce: int) -> float:
     """CPU µs per call for ``calls`` calls, ``concurrency`` at a time, senders cycling through ``wallets``."""
+    return (await measure(app, wallets, calls, concurrency, start_nonce))[0]
+
+
+async def measure(app: Any, wallets: list[str], calls: int, concurrency: int, start_nonce: int) -> tuple[float, float]:
+    """As ``drive``: CPU µs per call, and calls per second of wall time."""
     nonces = iter(range(start_nonce, start_nonce + calls))
 
     async def worker(count: int) -> None:
@@ -77,9 +84,32 @@ async def drive(app: Any, wallets: list[str], calls: int, concurrency: int, star
                 raise SystemExit(f"pm_getPaymasterData failed: {answer[:300]!r}")
 
     share = [calls // concurrency + (1 if i < calls % concurrency else 0) for i in range(concurrency)]
-    cpu = time.process_time()
+    cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker(n) for n in share))
-    return (time.process_time() - cpu) / calls * 1e6
+    return (time.process_time() - cpu) / calls * 1e6, calls / (time.perf_counter() - wall)
+
+
+def start_app(loop: asyncio.AbstractEventLoop, base: dict[str, Any], database: Path, edit: Any) -> tuple[Any, Any]:
+    """The server ``anode serve`` would build from the sandbox's settings with ``edit`` applied, started on ``loop``."""
+    from anode.api.app import create_app
+    from anode.config import validate_settings
+    from anode.wiring import build
+
+    tree = yaml.safe_load(yaml.safe_dump(base))
+    tree["database_url"] = f"sqlite:///{database}"
+    tree.get("auth", {}).pop("api_keys", None)
+    if edit is not None:
+        edit(tree)
+    anode = build(validate_settings(tree))
+    loop.run_until_complete(anode.start())
+    return anode, create_app(anode, manage_lifecycle=False)
+
+
+def settle(apps: dict[str, tuple[Any, Any]]) -> None:
+    """What the server's lifespan does once aNode has started: freeze the heap, set the collector's threshold."""
+    from anode.api.app import settle_collector
+
+    settle_collector(next(iter(apps.values()))[0].settings.server.gc_threshold)
 
 
 def main() -> int:
@@ -92,10 +122,6 @@ def main() -> int:
     parser.add_argument("--sort", default="tottime", help="cProfile's order (tottime, cumulative)")
     parser.add_argument("--top", type=int, default=45, help="cProfile's rows")
     args = parser.parse_args()
-
-    from anode.api.app import create_app
-    from anode.config import validate_settings
-    from anode.wiring import build
 
     with sandbox(keep=False) as chain, tempfile.TemporaryDirectory(prefix="anode-pipeline-cpu-") as tmp:
         assert chain.database is not None
@@ -114,17 +140,8 @@ def main() -> int:
             edits[f"only-{module}"] = only(pipeline(contracts, "sql", None), module)
         edits["only-policy_engine-memory"] = only(pipeline(contracts, "memory", None), "policy_engine")
         loop = asyncio.new_event_loop()
-        apps: dict[str, tuple[Any, Any]] = {}
-        for name in args.configs:
-            tree = yaml.safe_load(yaml.safe_dump(base))
-            tree["database_url"] = f"sqlite:///{Path(tmp) / name}.db"
-            tree.get("auth", {}).pop("api_keys", None)
-            edit = edits[name]
-            if edit is not None:
-                edit(tree)
-            anode = build(validate_settings(tree))
-            loop.run_until_complete(anode.start())
-            apps[name] = (anode, create_app(anode, manage_lifecycle=False))
+        apps = {name: start_app(loop, base, Path(tmp) / f"{name}.db", edits[name]) for name in args.configs}
+        settle(apps)
         nonce = int(time.time() * 1000) << 20
         for _, app in apps.values():  # every holder's balances read once: the cached steady state
             loop.run_until_complete(drive(app, wallets, len(wallets) * 2, 16, nonce))

@@ -3,6 +3,7 @@
     python bench/vs_node.py                                  # ledger alone, 16 clients, 5 runs x 10 s
     python bench/vs_node.py --anode-config-edit ledger pipeline-sqlite pipeline-redis \\
         --runs 3 --duration 10 --note "machine shared with ..."
+    python bench/vs_node.py --anode-config-edit pipeline-sqlite --workers-auto   # + the same with --workers auto
 
 One ``anode sandbox`` provides anvil and the VerifyingPaymaster v0.7. On that chain run, one
 process each: the baseline (``bench/baseline/server.mjs``: viem + ``node:http``, no ledger, no
@@ -20,7 +21,10 @@ the signature recovers to ``verifyingSigner()`` from, and ``validatePaymasterUse
 the EntryPoint must return no signature failure and the answered window. Then wrk runs round-robin,
 baseline and each configuration in turn (A B A B), with ``bench/jsonrpc.lua``; the table quotes
 medians, and each configuration's ratio to the baseline (req/s, p50, p99, server CPU per request),
-with the ratio of every run pair so that one noisy window shows.
+with the ratio of every run pair so that one noisy window shows. ``--workers-auto`` adds, for each
+configuration, ``anode serve --workers auto`` (one process per core, the production setting) as
+one more server in the round-robin: its figure stands beside the one-process figure, outside the
+one-process targets.
 """
 
 from __future__ import annotations
@@ -170,7 +174,7 @@ def table(results: dict[str, list[dict[str, Any]]], configs: list[str]) -> str:
         "| aNode config | req/s ratio | per run pair | p50 ratio | p99 ratio | p99 − baseline ms | CPU/req ratio |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
-    lines += [ratios(results, config) for config in configs]
+    lines += [ratios(results, name) for name in results if name != "baseline"]
     return "\n".join(lines + [""] + [verdict(results, config) for config in configs])
 
 
@@ -189,6 +193,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--holders", type=int, default=256, help="with a pipeline config: funded wallets")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--workers-auto", action="store_true", help="also each config with --workers auto")
     parser.add_argument("--note", default="", help="a line for the results file (e.g. what else ran)")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/vs-node-<time>.md)")
     args = parser.parse_args()
@@ -219,6 +224,12 @@ def main() -> int:
         servers = {"baseline": stack.enter_context(baseline_server(workdir, paymaster, tree["signer"]["private_key"]))}
         for config in configs:
             servers[config] = stack.enter_context(variant_server(config, "", workdir, edits[config]))
+            if args.workers_auto:
+                python = shlex.quote(sys.executable)
+                serve = f"{python} -m anode.cli serve --config {{config}} --port {{port}} --workers auto"
+                name = f"{config}, workers auto"
+                workers = variant_server(name.replace(", ", "-"), serve, workdir, edits[config])
+                servers[name] = stack.enter_context(workers)
 
         for name, server in servers.items():
             print(accepted(name, server, node_url, paymaster, wallets[0], 1 << 64))
@@ -238,10 +249,10 @@ def main() -> int:
                 result = wrk_run(server, "pm_getPaymasterData", args.clients, args.duration, 1, salt, senders)
                 results[name].append(result)
                 print(f"  run {run_index + 1} {name:>15} {progress(result)}", flush=True)
-        for config in configs:
-            database = servers[config].database
-            assert database is not None
-            rows, distinct = ledger_rows(database)
+        for config, server in servers.items():
+            if server.database is None:
+                continue
+            rows, distinct = ledger_rows(server.database)
             if rows != distinct:
                 raise SystemExit(f"{config}: {rows} ledger rows, {distinct} distinct userOpHashes")
 

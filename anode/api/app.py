@@ -103,6 +103,23 @@ class JsonErrors:
             await response(scope, receive, send)
 
 
+def settle_collector(threshold: int) -> None:
+    """Once aNode has started: keep what lives as long as the process out of the cyclic collector,
+    and let it run less often.
+
+    Everything alive now (modules, FastAPI, pydantic schemas, SQLAlchemy metadata) lives as long as
+    the process: frozen, the collector's full collections no longer walk all of it (about 65 ms on
+    a 2-core VM, stalling every request in flight). A request's objects are nearly all freed by their
+    reference counts; at Python's default threshold (700 allocations) the collector still ran every
+    few dozen requests, about 11 µs of CPU per request (``server.gc_threshold``, docs/performance.md).
+    """
+    gc.collect()
+    gc.freeze()
+    if threshold:
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(threshold, max(older, 20), max(oldest, 20))
+
+
 def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -111,11 +128,7 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
                 # a refusal closes what start() opened (finally below); `anode serve` has started it
                 # already, so its refusals never get here (anode/cli.py)
                 await anode.start()
-                # Everything alive now (modules, FastAPI, pydantic schemas, SQLAlchemy metadata) lives as
-                # long as the process: keep it out of the cyclic collector, whose full collections walk
-                # all of it (about 65 ms on a 2-core VM) and stall every request in flight meanwhile.
-                gc.collect()
-                gc.freeze()
+                settle_collector(anode.settings.server.gc_threshold)
             yield
         finally:
             if manage_lifecycle:
@@ -139,7 +152,12 @@ def create_app(anode: Anode, *, manage_lifecycle: bool = True) -> FastAPI:
             status, body = errors.rpc_refusal(exc)
             return Response(body, status, media_type="application/json")
         ctx = CallContext(
-            anode.service, api_key_id, sponsor.sponsor_name, sponsor.sponsor_icon, request.state.request_id
+            anode.service,
+            api_key_id,
+            sponsor.sponsor_name,
+            sponsor.sponsor_icon,
+            request.state.request_id,
+            passkey=anode.passkey,
         )
         answer = await dispatch(await request.body(), ctx)
         if answer is None:

@@ -10,9 +10,11 @@ and data (no CDN, no inline script).
     POST /dashboard/login            form field ``key``: sets the session cookie, 303 to /dashboard
     POST /dashboard/logout           clears it
     GET  /dashboard/api/spend        ?bucket=hour|day&hours=N: per bucket, chain and API key
+    GET  /dashboard/api/policy-spend ?bucket=hour|day&hours=N: per bucket, chain and policy
     GET  /dashboard/api/outcomes     ?hours=N: answers per hour, accepted (ok) and refused by code
     GET  /dashboard/api/deposits     ?hours=N: each paymaster's deposit samples and its threshold
     GET  /dashboard/api/signers      signer health, circuits and failovers (this process)
+    GET  /dashboard/api/signer-events ?hours=N: failovers per hour and the latest events (every process)
     GET  /dashboard/api/policies     each policy's limits: used and remaining
     GET  /dashboard/api/operations   ?limit=N: the latest operations and their outcome
     GET  /dashboard/api/follower     the EntryPoint follower: each chain's block, and how far behind
@@ -36,6 +38,7 @@ from anode.api.errors import http_refusal
 from anode.errors import AnodeError, Forbidden, InvalidRequest, Unauthorized
 from anode.pipeline.modules.policy_engine import engine_of
 from anode.store.dashboard import MAX_WINDOW, DashboardStore, OutcomeCounter
+from anode.store.signer_events import SignerEventLog
 
 ASSETS_DIR = Path(__file__).parent / "static" / "dashboard"
 ASSETS_PATH = "/dashboard/assets"
@@ -78,6 +81,13 @@ def _flush(request: Request) -> None:
         outcomes.flush()
 
 
+def _flush_signer_events(request: Request) -> None:
+    """This process's signer events so far go to the table first."""
+    events: SignerEventLog | None = request.app.state.anode.signer_events
+    if events is not None:
+        events.flush()
+
+
 async def _run(function: Any, *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
@@ -92,6 +102,16 @@ async def spend(
 ) -> dict[str, Any]:
     rows = await _run(_store(request).spend, _since(hours), None, bucket)
     return {"bucket": bucket, "hours": hours, "rows": rows}
+
+
+@router.get("/policy-spend")
+async def policy_spend(
+    request: Request, _admin: Admin, bucket: Literal["hour", "day"] = "hour", hours: Hours = 48
+) -> dict[str, Any]:
+    rows = await _run(_store(request).policy_spend, _since(hours), None, bucket)
+    engine = engine_of(request.app.state.anode.service.pipeline.policies)
+    names = {} if engine is None else {policy.id: policy.name for policy in await engine.repository.list()}
+    return {"bucket": bucket, "hours": hours, "rows": rows, "names": names}
 
 
 @router.get("/outcomes")
@@ -126,6 +146,16 @@ async def signers(request: Request, _admin: Admin) -> dict[str, Any]:
         failovers = registry.get_sample_value("anode_signer_failovers_total", {"backend": backend["name"]})
         backend["failovers"] = int(failovers or 0)
     return health
+
+
+@router.get("/signer-events")
+async def signer_events(
+    request: Request, _admin: Admin, hours: Hours = 48, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> dict[str, Any]:
+    await _run(_flush_signer_events, request)
+    store = _store(request)
+    failovers = await _run(store.signer_failovers, _since(hours))
+    return {"hours": hours, "failovers": failovers, "events": await _run(store.signer_events, limit)}
 
 
 @router.get("/policies")

@@ -3,7 +3,8 @@
 The records and their hash are the paymaster's (:mod:`anode.store.audit`: ``record_hash =
 sha256(prev_hash ‖ canonical(record))``, the same fields), kept in the KMS's own tables
 ``kms_audit_log`` and ``kms_audit_head``, appended under the head row's lock so that concurrent
-requests and replicas form one chain. A record's ``kind`` is the decision (``signed``,
+requests and replicas form one chain (on the signing path through the DB-API cursor, :class:`Appender`,
+the same three statements). A record's ``kind`` is the decision (``signed``,
 ``refused``, ``account_created``, ``passkey_registered``, ``signer_added``, ``signer_removed``,
 ``signer_rotated``); ``signer`` is the owner address, ``paymaster`` the paymaster's, ``detail``
 holds the accountId and, for a refusal, its code. ``anode kms audit verify`` walks the chain.
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from anode.errors import StoreUnavailable
 from anode.kms.store import KmsStore, metadata
 from anode.store.audit import GENESIS, AuditEntry, chain_hash
+from anode.store.driver import Driver
 
 _BIG = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -82,6 +85,39 @@ def append(connection: sa.Connection, entry: AuditEntry) -> str:
     connection.execute(_INSERT, {**row, "seq": seq, "prev_hash": head.record_hash, "record_hash": record})
     connection.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": record})
     return record
+
+
+#: the audit log's columns, in the order :class:`Appender` writes them
+_ROW = (
+    "seq", "created_at", "kind", "backend", "signer", "user_op_hash", "chain_id", "paymaster", "api_key_id",
+    "request_id", "detail", "prev_hash", "record_hash",
+)  # fmt: skip
+
+
+class Appender:
+    """:func:`append` on a DB-API cursor (``KmsStore.cursor``): take the head row's lock, insert the
+    record, move the head; the values converted as SQLAlchemy's types would store them."""
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+        self._take_head = "UPDATE kms_audit_head SET seq = seq WHERE id = 1 RETURNING seq, record_hash"
+        self._insert = driver.insert(audit_log, _ROW)
+        self._move_head = f"UPDATE kms_audit_head SET seq = {driver.mark}, record_hash = {driver.mark} WHERE id = 1"
+
+    def append(self, cursor: Any, entry: AuditEntry) -> str:
+        cursor.execute(self._take_head)
+        head = cursor.fetchone()
+        if head is None:
+            raise StoreUnavailable("the KMS audit chain head is missing (run `anode kms audit verify`)")
+        seq, prev = int(head[0]) + 1, str(head[1])
+        record = chain_hash(prev, entry.as_row())
+        detail = None if entry.detail is None else orjson.dumps(entry.detail).decode()
+        cursor.execute(self._insert, (
+            seq, self._driver.time(entry.created_at), entry.kind, entry.backend, entry.signer, entry.user_op_hash,
+            entry.chain_id, entry.paymaster, entry.api_key_id, entry.request_id, detail, prev, record,
+        ))  # fmt: skip
+        cursor.execute(self._move_head, (seq, record))
+        return record
 
 
 def record(store: KmsStore, entry: AuditEntry) -> str:

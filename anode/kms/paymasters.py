@@ -26,7 +26,11 @@ class PaymasterSigners:
         self.store = store
 
     def authorized(self, paymaster: str, now: float) -> AuthorizedSigner:
-        signer = self.store.signer(paymaster)
+        return self.check(self.store.signer(paymaster), paymaster, now)
+
+    @staticmethod
+    def check(signer: AuthorizedSigner | None, paymaster: str, now: float) -> AuthorizedSigner:
+        """``signer`` (``paymaster``'s row, as read now) if it may approve an operation at ``now``."""
         if signer is None or SIGN_PERMISSION not in signer.permissions:
             raise KmsRefused(
                 f"paymaster {paymaster} is not an authorized signer of this KMS",

@@ -44,9 +44,10 @@ from anode.errors import (
 from anode.kms import audit, eip712
 from anode.kms.config import KmsSettings
 from anode.kms.custody import Custody
-from anode.kms.passkeys import Passkeys, read_assertion
+from anode.kms.passkeys import Assertion, Passkeys, read_assertion
 from anode.kms.paymasters import PaymasterSigners
-from anode.kms.store import Account, Challenge, Credential, KmsStore, Taken, checksum
+from anode.kms.store import Account, Challenge, Credential, Found, KmsStore, Taken, checksum
+from anode.signers.ecdsa import address_bytes_of_point, recover_point
 from anode.userop.codec import parse_address, parse_bytes, parse_quantity
 from anode.userop.hashing import user_op_hash
 from anode.userop.keccak import keccak
@@ -104,6 +105,16 @@ def _word(value: int) -> bytes:
     return value.to_bytes(32, "big")
 
 
+def _signed_by(digest: bytes, signature: bytes, address: str) -> bool:
+    """Whether ``signature`` (``r ‖ s ‖ v``, v 0/1/27/28) of ``digest`` recovers to ``address``
+    (``eip712.recover``'s check, comparing the 20 bytes instead of checksumming the recovered address)."""
+    if len(signature) != 65:
+        return False
+    r, s, v = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big"), signature[64]
+    point = recover_point(digest, r, s, v - 27 if v >= 27 else v)
+    return point is not None and address_bytes_of_point(point) == bytes.fromhex(address[2:])
+
+
 class KmsService:
     def __init__(self, settings: KmsSettings, store: KmsStore, custody: Custody) -> None:
         self.settings = settings
@@ -111,6 +122,7 @@ class KmsService:
         self.custody = custody
         self.passkeys = Passkeys(settings.webauthn)
         self.signers = PaymasterSigners(settings, store)
+        self.appender = audit.Appender(store.driver)
 
     # -- the audit trail ---------------------------------------------------------------------------
 
@@ -119,10 +131,14 @@ class KmsService:
         detail = {**fields.pop("detail", {}), "code": exc.code}
         burn = fields.pop("burn", None)
         record = audit.entry("refused", backend=self.custody.backend, detail=detail, **fields)
-        with contextlib.suppress(ServiceUnavailable), self.store.write() as connection:  # the refusal stands
+
+        def work(cursor: Any) -> None:
             if burn is not None:
-                self.store.burn_nonce(connection, *burn)
-            audit.append(connection, record)
+                self.store.burn_nonce(cursor, *burn)
+            self.appender.append(cursor, record)
+
+        with contextlib.suppress(ServiceUnavailable):  # the refusal stands
+            self.store.transact(work)
 
     # -- accounts -----------------------------------------------------------------------------------
 
@@ -343,22 +359,24 @@ class KmsService:
                 f"({int(now)}): sign a fresh approval",
                 code="ANODE_KMS_TIMESTAMP_OUT_OF_WINDOW",
             )
-        # 2. the nonce: from here on, the answer uses it up, whatever it is
+        # 2. the nonce: from here on, the answer uses it up, whatever it is (the signer, the
+        # challenge and the passkey are read in the same statement, for the checks below)
         nonce_text = "0x" + nonce.hex()
-        if self.store.nonce_used(paymaster, nonce_text):
+        found = self.store.lookup(paymaster, nonce_text, assertion.challenge.hex(), assertion.credential_id)
+        if found.nonce_used:
             raise _nonce_reused(paymaster, nonce_text)
         fields["burn"] = (paymaster, nonce_text)
         # 3. the paymaster
         digest = eip712.approval_digest(chain_id, op_hash, account_id, keccak(assertion.signature), nonce, timestamp)
-        if eip712.recover(digest, paymaster_signature) != paymaster:
+        if not _signed_by(digest, paymaster_signature, paymaster):
             raise KmsRefused(
                 f"X-Paymaster-Signature is not {paymaster}'s PaymasterApproval of this userOpHash, accountId, "
                 "assertion, nonce and timestamp (docs/kms.md gives the EIP-712 type)",
                 code="ANODE_KMS_PAYMASTER_SIGNATURE_INVALID",
             )
-        self.signers.authorized(paymaster, now)
+        self.signers.check(found.signer, paymaster, now)
         # 4. the passkey
-        challenge, credential, count = self._verified_assertion(assertion, account_id, op_hash)
+        challenge, credential, count = self._verified_assertion(assertion, found, account_id, op_hash)
         # 5. the owner's signature: kept back until the nonce, challenge and counter are taken
         owner_digest = (
             op_hash if version is EntryPointVersion.V08 else keccak(b"\x19Ethereum Signed Message:\n32" + op_hash)
@@ -384,7 +402,7 @@ class KmsService:
                 challenge=challenge,
                 credential_id=credential,
                 sign_count=count,
-                then=lambda connection: audit.append(connection, record),
+                then=lambda cursor: self.appender.append(cursor, record),
             )
         except Taken as taken:
             raise _taken(taken.what, paymaster, nonce_text, count) from None
@@ -402,8 +420,10 @@ class KmsService:
             },
         }
 
-    def _verified_assertion(self, assertion: Any, account_id: str, op_hash: bytes) -> tuple[str, str, int]:
-        challenge = self.store.challenge(assertion.challenge.hex())
+    def _verified_assertion(
+        self, assertion: Assertion, found: Found, account_id: str, op_hash: bytes
+    ) -> tuple[str, str, int]:
+        challenge = found.challenge
         if challenge is None or challenge.purpose != "authenticate":
             raise KmsUnauthenticated(
                 "the assertion's challenge was not issued by this KMS: ask POST /webauthn/authenticate/options",
@@ -421,7 +441,7 @@ class KmsService:
             )
         if challenge.expires_at < time.time():
             raise KmsStale("the passkey challenge expired: ask for a new one", code="ANODE_KMS_CHALLENGE_EXPIRED")
-        credential = self.store.credential(assertion.credential_id)
+        credential = found.credential
         if credential is None:
             raise KmsUnauthenticated("this passkey is not registered with the KMS", code="ANODE_KMS_PASSKEY_UNKNOWN")
         if credential.account_id != account_id:

@@ -100,19 +100,69 @@ def ordered(policies: Iterable[Policy]) -> list[Policy]:
     return sorted(policies, key=lambda p: (-p.priority, p.id))
 
 
+#: an index key: (chain id, or ``None`` for every chain; ``"all"``, ``"wallet"`` or ``"contract"``; the target)
+_Key = tuple[int | None, str, str | None]
+
+
+class PolicySet(tuple[Policy, ...]):
+    """The policies (a tuple, in the order given), indexed by (chain, type, target) in check order.
+
+    :meth:`candidates` returns, in check order, the policies that can apply to an operation: those
+    for its chain or every chain, and of those the project, custom and ``"*"`` wallet policies,
+    the wallet policies for its sender and the contract policies for a contract it calls. So a
+    policy for another wallet, contract or chain costs nothing per operation. The index only
+    narrows: ``evaluate`` still checks every candidate in full (``covers``, ``inactive_reason``).
+    """
+
+    checked: tuple[Policy, ...]
+    _index: dict[_Key, tuple[int, ...]]
+
+    def __new__(cls, policies: Iterable[Policy] = ()) -> PolicySet:
+        self = super().__new__(cls, policies)
+        #: every policy in the order ``evaluate`` checks them
+        self.checked = tuple(ordered(self))
+        index: dict[_Key, list[int]] = {}
+        for position, policy in enumerate(self.checked):
+            if policy.type is PolicyType.CONTRACT or (policy.type is PolicyType.WALLET and policy.target != "*"):
+                kind, target = policy.type.value, policy.target
+            else:
+                kind, target = "all", None
+            for chain in dict.fromkeys(policy.chain_ids) or (None,):  # each chain once, however often listed
+                index.setdefault((chain, kind, target), []).append(position)
+        self._index = {key: tuple(positions) for key, positions in index.items()}
+        return self
+
+    def candidates(self, facts: OpFacts) -> list[Policy]:
+        """The policies that may apply to the operation (a superset of those that do), in check order."""
+        index, chain = self._index, facts.chain_id
+        keys: list[_Key] = [(None, "all", None), (chain, "all", None), (None, "wallet", facts.sender)]
+        keys.append((chain, "wallet", facts.sender))
+        for target in {call.target for call in facts.calls or ()}:
+            keys.append((None, "contract", target))
+            keys.append((chain, "contract", target))
+        found = [group for key in keys if (group := index.get(key))]
+        if not found:
+            return []
+        # a policy sits under one target, and under each of its chains once: no position repeats
+        positions = found[0] if len(found) == 1 else sorted(p for group in found for p in group)
+        checked = self.checked
+        return [checked[p] for p in positions]
+
+
 def evaluate(policies: Sequence[Policy], facts: OpFacts, now: float) -> Evaluation:
-    """The decision so far (before webhooks and counters): a refusal, or what remains to ask and reserve."""
-    applicable: list[Policy] = []
-    inactive: list[tuple[Policy, str]] = []
-    for policy in ordered(policies):
-        if not covers(policy, facts):
-            continue
-        reason = inactive_reason(policy, facts, now)
-        if reason is None:
-            applicable.append(policy)
-        else:
-            inactive.append((policy, reason))
+    """The decision so far (before webhooks and counters): a refusal, or what remains to ask and reserve.
+
+    A :class:`PolicySet` (the repository's snapshot) looks only at its candidates for the operation.
+    """
+    everything: Sequence[Policy]
+    if isinstance(policies, PolicySet):
+        everything, candidates = policies.checked, policies.candidates(facts)
+    else:
+        everything = candidates = ordered(policies)
+    applicable = [p for p in candidates if covers(p, facts) and inactive_reason(p, facts, now) is None]
     if not applicable:
+        # the refusal names every policy that covers the operation but is inactive, those of other chains too
+        inactive = [(p, why) for p in everything if covers(p, facts) and (why := inactive_reason(p, facts, now))]
         return Evaluation((), no_policy_refusal(facts, inactive))
     for policy in applicable:
         refusal = check(policy, facts)

@@ -6,7 +6,9 @@ through the API (``source = api``) the API's version wins, and a differing setti
 only logged. A policy deleted through the API comes back at the next start while it is still
 in the settings file.
 
-The hot path reads ``snapshot()``: every policy, cached for ``refresh_seconds``. Writes through
+The hot path reads ``snapshot()``: every policy, indexed by chain, type and target (``PolicySet``:
+a policy for another wallet, contract or chain costs an operation nothing), cached for
+``refresh_seconds``. Writes through
 this repository refresh it at once; writes by another process are seen within that interval.
 A database that cannot be read fails closed (``StoreUnavailable``): no rules, no sponsorship.
 """
@@ -26,6 +28,7 @@ from pydantic import ValidationError
 
 from anode.errors import ConfigError, StoreUnavailable
 from anode.policy.errors import PolicyExists, PolicyNotFound
+from anode.policy.evaluate import PolicySet
 from anode.policy.models import Policy
 from anode.store.policies import policies
 from anode.store.snapshot import RefreshedCopy
@@ -125,12 +128,12 @@ class PolicyRepository:
             ).scalar_one_or_none()
         return None if document is None else _parse(policy_id, document)
 
-    async def snapshot(self) -> tuple[Policy, ...]:
-        """Every policy, at most ``refresh_seconds`` old (``anode/store/snapshot.py``)."""
+    async def snapshot(self) -> PolicySet:
+        """Every policy, at most ``refresh_seconds`` old (``anode/store/snapshot.py``), indexed for ``evaluate``."""
         return await self._copy.get()
 
-    async def _load_snapshot(self) -> tuple[Policy, ...]:
-        return tuple(await self._run(self._load_all))
+    async def _load_snapshot(self) -> PolicySet:
+        return PolicySet(await self._run(self._load_all))
 
     async def list(self) -> list[Policy]:
         return await self._run(self._load_all)

@@ -92,7 +92,10 @@ class HealthMonitor:
             problem = exc.message
         except Exception as exc:
             problem = type(exc).__name__
-        backend.healthy, backend.last_error = problem is None, problem
+        was, healthy = backend.healthy, problem is None
+        backend.healthy, backend.last_error = healthy, problem
+        if backend.on_event is not None and (was is False if healthy else was is not False):  # the verdict changed
+            backend.on_event(backend, "healthy" if healthy else "unhealthy", problem)
         backend.checked_at = datetime.now(UTC)
         if problem is None:
             backend.succeeded()

@@ -36,6 +36,11 @@ own address, low ``s``, and (``verify_signatures``, on by default) recovery to t
 once: a backend whose answer aNode's ECDSA code already recovered (remote, KMS, HSM) is not
 recovered again.
 
+**Events.** A failover (from which backend to which, and why), a circuit opening or closing and a
+health probe's verdict changing are told to the sinks given to :meth:`ManagedSigner.report_to`
+(the server's is ``store/signer_events.py``, which the dashboard plots). A sink's ``record`` must
+not wait on anything: it is called on the signing path, though only when something fails.
+
 This module is the signing core; which backend may sign is :mod:`anode.signers.selection`,
 probes and the chain's view are :mod:`anode.signers.health`.
 """
@@ -47,7 +52,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from anode.errors import AnodeError, ConfigError, SignerUnavailable
 from anode.metrics import Metrics
@@ -59,7 +64,7 @@ from anode.signers.registry import SignerSettingsBase, build_signer
 from anode.signers.selection import Backend, PaymasterTarget, Role, Selection, where
 from anode.userop.codec import parse_address
 
-__all__ = ["ManagedSignature", "ManagedSigner", "PaymasterTarget"]
+__all__ = ["ManagedSignature", "ManagedSigner", "PaymasterTarget", "SignerEvents"]
 
 log = logging.getLogger("anode.signers")
 
@@ -73,6 +78,21 @@ def _bare(digest: bytes) -> _Sign:
 
 def _message(message_hash: bytes) -> _Sign:
     return lambda signer: sign_eip191(signer, message_hash)
+
+
+class SignerEvents(Protocol):
+    """Where the manager reports failovers and health changes (``store.signer_events.SignerEventLog``)."""
+
+    def record(
+        self,
+        kind: str,
+        backend: str,
+        address: str,
+        *,
+        to_backend: str | None = None,
+        to_address: str | None = None,
+        detail: str | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +122,10 @@ class ManagedSigner:
         self.metrics = metrics if metrics is not None else Metrics()
         self._selection = Selection(self._backends, list(targets))
         self._health = HealthMonitor(self._backends, self._selection, settings, self.metrics)
+        self._sinks: list[SignerEvents] = []
         for backend in self._backends:
             backend.bind(self.metrics)
+            backend.on_event = self._backend_event
 
     @classmethod
     def from_settings(
@@ -186,6 +208,16 @@ class ManagedSigner:
         names = ", ".join(f"{b.name}={b.address}" for b in self._backends)
         return f"ManagedSigner({names})"
 
+    # -- events --
+
+    def report_to(self, sink: SignerEvents) -> None:
+        """Tell ``sink`` of every failover, circuit opening or closing and health verdict change."""
+        self._sinks.append(sink)
+
+    def _backend_event(self, backend: Backend, kind: str, detail: str | None) -> None:
+        for sink in self._sinks:
+            sink.record(kind, backend.name, backend.address, detail=detail)
+
     # -- health (signers/health.py) --
 
     async def start(self) -> None:
@@ -213,8 +245,18 @@ class ManagedSigner:
             if signed is not None:
                 return signed
             if index + 1 < len(candidates):
+                following = candidates[index + 1]
                 self.metrics.failovers.labels(backend.name).inc()
-                log.debug("signer %s: %s; trying %s", backend.name, failures[-1], candidates[index + 1].name)
+                for sink in self._sinks:
+                    sink.record(
+                        "failover",
+                        backend.name,
+                        backend.address,
+                        to_backend=following.name,
+                        to_address=following.address,
+                        detail=failures[-1],
+                    )
+                log.debug("signer %s: %s; trying %s", backend.name, failures[-1], following.name)
         here = "the primary's key" if target is None else where(*target)
         raise SignerUnavailable(f"no signing backend could sign for {here}: " + "; ".join(failures))
 

@@ -69,6 +69,11 @@ class Backend:
         self.last_error: str | None = None
         #: the last probe came back signed, but not as this backend's key over the probe digest
         self.wrong_key = False
+        #: told when the circuit opens or closes and when the health probe's verdict changes
+        #: (``(backend, kind, detail)``: the manager records it, ``store/signer_events.py``)
+        self.on_event: Callable[[Backend, str, str | None], None] | None = None
+        #: a ``circuit_open`` was told and no ``circuit_closed`` since
+        self._told_open = False
 
     def bind(self, metrics: Metrics) -> None:
         """Look up the hot path's metric children once."""
@@ -106,6 +111,9 @@ class Backend:
         state = self.breaker.state
         self.circuit.set(state)
         if state is CircuitState.OPEN and was is not CircuitState.OPEN:
+            if self.on_event is not None:
+                self._told_open = True
+                self.on_event(self, "circuit_open", problem)
             log.warning(
                 "signer %s (%s): circuit open after %s; requests skip it for %g s",
                 self.name,
@@ -118,6 +126,9 @@ class Backend:
         """Count a success on the breaker; say so when that closes the circuit."""
         if self.breaker.success():
             self.circuit.set(CircuitState.CLOSED)
+            if self._told_open and self.on_event is not None:
+                self._told_open = False
+                self.on_event(self, "circuit_closed", None)
             log.info("signer %s (%s) signs again: circuit closed", self.name, self.type)
 
 

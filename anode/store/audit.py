@@ -15,9 +15,10 @@ lock the statement takes). Signature records are appended in the same transactio
 ledger row (``store/ledger.py``): a signature is on the books and in the chain, or neither.
 
 A signature record's ``detail`` holds the money fields of its ledger row (sender, nonce,
-maximum cost, validity window: format 2, ``store/audit_ledger.py``), so ``anode audit verify``
-also finds a ledger row changed or deleted behind the chain's back. Records written before
-format 2 have no ``detail`` and verify as they always did.
+maximum cost, validity window, and the mode with ERC-20 mode's token, rate and maximum: format 3,
+``store/audit_ledger.py``), so ``anode audit verify`` also finds a ledger row changed or deleted
+behind the chain's back. Records written before format 2 have no ``detail``; they, and those of
+format 2, verify as they always did.
 
 ``verify`` walks the chain and names the first record that was changed, removed or reordered,
 and a tail cut off behind the head. Someone who can rewrite the whole database can rewrite the

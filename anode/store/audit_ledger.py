@@ -2,15 +2,20 @@
 
 A signature record of the audit log (``store/audit.py``) has always covered the operation's
 ``user_op_hash``, ``chain_id``, ``paymaster``, ``signer``, ``api_key_id`` and ``created_at``.
-From format 2 on, its ``detail`` also carries the money fields of its ledger row:
+From format 2 on, its ``detail`` also carries the money fields of its ledger row, and from
+format 3 on the mode and, in ERC-20 mode, what the sender pays in the token:
 
-    {"v": 2, "entry_point", "sender", "nonce", "max_gas_cost_wei", "valid_until", "valid_after"}
+    {"v": 3, "entry_point", "sender", "nonce", "max_gas_cost_wei", "valid_until", "valid_after",
+     "mode", "token", "exchange_rate", "max_token_amount"}
 
-(``nonce`` and ``max_gas_cost_wei`` as decimal strings: JSON integers in the chain stay below
-2**63). The record's hash covers ``detail`` like every other field, so a record describes its
-ledger row entire but for ``method``, and nothing in it can be changed without ``verify``
-noticing. Records of format 1 (``detail`` empty, written before format 2 existed) still verify;
-their rows are paired on the fields they cover, and their money fields are counted as not covered.
+(``nonce``, ``max_gas_cost_wei``, ``exchange_rate`` and ``max_token_amount`` as decimal strings:
+JSON integers in the chain stay below 2**63; ``token``, ``exchange_rate`` and ``max_token_amount``
+are null in verifying mode). The record's hash covers ``detail`` like every other field, so a
+record describes its ledger row entire but for ``method``, and nothing in it can be changed
+without ``verify`` noticing. Records of an older format still verify (the hash covers the
+``detail`` they were written with) and pair with their rows on the fields they cover: format 2
+on the money fields, not the ERC-20 ones; format 1 (``detail`` empty) on neither, counted as not
+covered.
 
 ``cross_check`` reads the ledger and the signature records, both sorted by (userOp hash, chain),
 pairs each row with a record, and reports every row no record describes (changed in the
@@ -31,9 +36,13 @@ import sqlalchemy as sa
 from anode.store.audit import SIGNATURE, audit_log, utc_text
 from anode.store.tables import sponsorships
 
-FORMAT = 2
-#: the ledger's money fields a format-2 signature record carries in ``detail``
+FORMAT = 3
+#: the ledger's money fields a signature record carries in ``detail`` from format 2 on
 MONEY_FIELDS = ("entry_point", "sender", "nonce", "max_gas_cost_wei", "valid_until", "valid_after")
+#: the ledger's fields format 3 adds: the mode, and ERC-20 mode's token, signed rate and maximum charge
+ERC20_FIELDS = ("mode", "token", "exchange_rate", "max_token_amount")
+#: what a record of each format with ``detail`` covers of its row, besides ``COVERED_FIELDS``
+DETAIL_FIELDS = {2: MONEY_FIELDS, 3: MONEY_FIELDS + ERC20_FIELDS}
 #: the ledger's fields every signature record covers (besides the userOp hash and the chain)
 COVERED_FIELDS = ("created_at", "signer", "paymaster", "api_key_id")
 #: problems reported in full; past this many only counted
@@ -41,9 +50,20 @@ MAX_PROBLEMS = 50
 
 
 def signature_detail(
-    *, entry_point: str, sender: str, nonce: int, max_gas_cost_wei: int, valid_until: int, valid_after: int
+    *,
+    entry_point: str,
+    sender: str,
+    nonce: int,
+    max_gas_cost_wei: int,
+    valid_until: int,
+    valid_after: int,
+    mode: str = "verifying",
+    token: str | None = None,
+    exchange_rate: int | None = None,
+    max_token_amount: int | None = None,
 ) -> dict[str, Any]:
-    """``detail`` of a signature record (format 2): what the ledger row says the signature may cost."""
+    """``detail`` of a signature record (format 3): what the ledger row says the signature may
+    cost the sponsor, and in ERC-20 mode what it may cost the sender in the token."""
     return {
         "v": FORMAT,
         "entry_point": entry_point,
@@ -52,6 +72,10 @@ def signature_detail(
         "max_gas_cost_wei": str(max_gas_cost_wei),
         "valid_until": valid_until,
         "valid_after": valid_after,
+        "mode": mode,
+        "token": token,
+        "exchange_rate": None if exchange_rate is None else str(exchange_rate),
+        "max_token_amount": None if max_token_amount is None else str(max_token_amount),
     }
 
 
@@ -60,6 +84,7 @@ class LedgerCheck:
     #: ledger rows read
     rows: int
     #: of them, paired with a record of format 1: their money fields are not covered by the chain
+    #: (a record of format 2 covers them, but not the ERC-20 fields: those rows are not counted)
     uncovered: int = 0
     #: of them, older than the first signature record (written before the audit log existed)
     predating: int = 0
@@ -79,24 +104,33 @@ class _Row:
 
     ident: int
     covered: tuple[str, ...]
+    #: ledger rows: every field of ``DETAIL_FIELDS[FORMAT]``; records: the fields their format covers
     money: tuple[str, ...] | None
     created_at: str
+
+    def money_matches(self, record: _Row) -> bool:
+        """Whether this ledger row has every money field ``record`` covers as ``record`` has it."""
+        return self.money is not None and record.money is not None and self.money[: len(record.money)] == record.money
 
 
 def _covered(row: sa.RowMapping) -> tuple[str, ...]:
     return tuple(utc_text(row[name]) if name == "created_at" else str(row[name]) for name in COVERED_FIELDS)
 
 
+def _text(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
 def _ledger(row: sa.RowMapping) -> _Row:
-    money = tuple(str(row[name]) for name in MONEY_FIELDS)
+    money = tuple(_text(row[name]) for name in DETAIL_FIELDS[FORMAT])
     return _Row(int(row["id"]), _covered(row), money, utc_text(row["created_at"]))
 
 
 def _record(row: sa.RowMapping) -> _Row:
     detail = row["detail"]
     money = None
-    if isinstance(detail, dict) and detail.get("v") == FORMAT:
-        money = tuple(str(detail.get(name)) for name in MONEY_FIELDS)
+    if isinstance(detail, dict) and detail.get("v") in DETAIL_FIELDS:
+        money = tuple(_text(detail.get(name)) for name in DETAIL_FIELDS[detail["v"]])
     return _Row(int(row["seq"]), _covered(row), money, utc_text(row["created_at"]))
 
 
@@ -167,9 +201,9 @@ class _Report:
         """One operation's ledger rows against its records (almost always one of each)."""
         self.rows += len(rows)
         where = f"userOp {key[0]} on chain {key[1]}"
-        # whole matches first: format 2 on every field, format 1 on the fields it covers
+        # whole matches first: formats 2 and 3 on every field they cover, format 1 on the fields it covers
         for record in [r for r in records if r.money is not None]:
-            whole = next((r for r in rows if r.covered == record.covered and r.money == record.money), None)
+            whole = next((r for r in rows if r.covered == record.covered and r.money_matches(record)), None)
             if whole is not None:
                 rows.remove(whole)
                 records.remove(record)
@@ -212,5 +246,6 @@ class _Report:
 def _differences(row: _Row, record: _Row) -> list[tuple[str, str, str]]:
     found = [(name, a, b) for name, a, b in zip(COVERED_FIELDS, row.covered, record.covered, strict=True) if a != b]
     if record.money is not None and row.money is not None:
-        found += [(name, a, b) for name, a, b in zip(MONEY_FIELDS, row.money, record.money, strict=True) if a != b]
+        names = DETAIL_FIELDS[FORMAT][: len(record.money)]
+        found += [(name, a, b) for name, a, b in zip(names, row.money, record.money, strict=False) if a != b]
     return found

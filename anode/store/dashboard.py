@@ -5,6 +5,8 @@ one is answered from an index (``tests/integration/test_dashboard_store.py`` rea
 with ``EXPLAIN`` on both databases):
 
     spend          sponsorships by created_at          ix_sponsorships_created
+    policy spend   the same, each one's reservations   ix_sponsorships_created, ix_limit_reservations_op
+    signer events  signer_events by at, newest first   ix_signer_events_at, the primary key
     outcomes       sponsorship_outcomes by hour         its primary key (hour, method, result)
     deposits       deposit_samples by sampled_at        ix_deposit_samples_time
     operations     sponsorships, newest first           the primary key
@@ -32,7 +34,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from anode.errors import StoreUnavailable
 from anode.store.deposits import deposit_samples
-from anode.store.tables import metadata, sponsorships
+from anode.store.reconcile import SETTLED, limit_reservations
+from anode.store.signer_events import FAILOVER
+from anode.store.tables import metadata, signer_events, sponsorships
 from anode.store.watch import unknown_operations, watch_cursors
 
 log = logging.getLogger("anode.dashboard")
@@ -118,6 +122,119 @@ class DashboardStore:
                 "actualWei": str(_int(row["actual_wei"])),
             }
             for row in rows
+        ]
+
+    def policy_spend(self, since: datetime, until: datetime | None, bucket: Bucket) -> list[dict[str, Any]]:
+        """Per bucket (of signing time), chain and policy: operations that reserved in the policy's
+        amount limits, wei reserved (their maximum cost) and actual wei (the cost reconciliation
+        settled them at, ``store/reconcile.py``) of those included.
+
+        A policy with several amount limits reserves the same amount in each: one of them (its first
+        counter by name) stands for the policy, so an operation counts once per policy.
+        """
+        since, until = window(since, until)
+        r, s = limit_reservations.c, sponsorships.c
+        other = limit_reservations.alias("other")
+        policy = self._policy(r.counter)
+        first_counter = (
+            sa.select(sa.func.min(other.c.counter))
+            .where(
+                other.c.chain_id == r.chain_id,
+                other.c.user_op_hash == r.user_op_hash,
+                self._policy(other.c.counter) == policy,
+            )
+            .scalar_subquery()
+        )
+        # one row per reservation, at the time of its (first) ledger row in the window
+        on = sa.and_(r.chain_id == s.chain_id, r.user_op_hash == s.user_op_hash)
+        signed = (
+            sa.select(
+                r.id,
+                r.chain_id,
+                policy.label("policy"),
+                r.amount,
+                r.state,
+                r.spent,
+                sa.func.min(s.created_at).label("created_at"),
+            )
+            .select_from(sponsorships.join(limit_reservations, on))
+            .where(s.created_at >= since, s.created_at < until, r.counter == first_counter)
+            .group_by(r.id, r.chain_id, r.counter, r.amount, r.state, r.spent)
+            .subquery()
+        )
+        t = signed.c
+        start = self._bucket(t.created_at, bucket).label("bucket")
+        settled = t.state == SETTLED
+        query = (
+            sa.select(
+                start,
+                t.chain_id,
+                t.policy,
+                sa.func.count().label("operations"),
+                sa.func.count().filter(settled).label("included"),
+                self._sum(t.amount).label("reserved_wei"),
+                self._sum(sa.case((settled, t.spent))).label("actual_wei"),
+            )
+            .group_by(start, t.chain_id, t.policy)
+            .order_by(start, t.chain_id, t.policy)
+            .limit(MAX_ROWS)
+        )
+        return [
+            {
+                "bucket": _bucket_text(row["bucket"], bucket),
+                "chainId": int(row["chain_id"]),
+                "policyId": row["policy"],
+                "operations": int(row["operations"]),
+                "included": int(row["included"]),
+                "reservedWei": str(_int(row["reserved_wei"])),
+                "actualWei": str(_int(row["actual_wei"])),
+            }
+            for row in self._read(query)
+        ]
+
+    def signer_failovers(self, since: datetime, until: datetime | None = None) -> list[dict[str, Any]]:
+        """Failovers per hour, from which backend to which, summed over every server process."""
+        since, until = window(since, until)
+        e = signer_events.c
+        hour = self._bucket(e.at, "hour").label("hour")
+        query = (
+            sa.select(hour, e.backend, e.to_backend, sa.func.sum(e["count"]).label("count"))
+            .where(e.at >= since, e.at < until, e.kind == FAILOVER)
+            .group_by(hour, e.backend, e.to_backend)
+            .order_by(hour, e.backend, e.to_backend)
+            .limit(MAX_ROWS)
+        )
+        return [
+            {
+                "hour": _bucket_text(row["hour"], "hour"),
+                "backend": row["backend"],
+                "toBackend": row["to_backend"],
+                "count": int(row["count"]),
+            }
+            for row in self._read(query)
+        ]
+
+    def signer_events(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest signer events of every process, newest first."""
+        e = signer_events.c
+        query = (
+            sa.select(e.at, e.kind, e.backend, e.address, e.to_backend, e.to_address, e["count"], e.detail, e.process)
+            .order_by(e.id.desc())
+            .limit(max(1, min(limit, MAX_ROWS)))
+        )
+        return [
+            {
+                "at": _aware(_moment(row["at"])).isoformat(),
+                "kind": row["kind"],
+                "backend": row["backend"],
+                "address": row["address"],
+                "toBackend": row["to_backend"],
+                "toAddress": row["to_address"],
+                "count": int(row["count"]),
+                "detail": row["detail"],
+                "process": row["process"],
+            }
+            for row in self._read(query)
         ]
 
     def outcomes(self, since: datetime, until: datetime | None = None) -> list[dict[str, Any]]:
@@ -230,6 +347,12 @@ class DashboardStore:
             return sa.func.substr(column, sa.literal_column("1"), sa.literal_column("13" if bucket == "hour" else "10"))
         unit: Any = sa.literal_column("'hour'" if bucket == "hour" else "'day'")
         return sa.func.date_trunc(unit, sa.func.timezone(sa.literal_column("'UTC'"), column))
+
+    def _policy(self, counter: Any) -> Any:
+        """The policy's id: a counter is ``policy:type:window:scope`` (``policy/evaluate.py``)."""
+        if self._sqlite:
+            return sa.func.substr(counter, sa.literal_column("1"), sa.func.instr(counter, ":") - 1)
+        return sa.func.split_part(counter, ":", sa.literal_column("1"))
 
     def _sum(self, column: Any) -> Any:
         if self._sqlite:

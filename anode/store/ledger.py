@@ -268,6 +268,7 @@ def _audit_row(entry: SponsorshipRecord) -> dict[str, Any]:
     detail = signature_detail(
         entry_point=entry.entry_point, sender=entry.sender, nonce=entry.nonce,
         max_gas_cost_wei=entry.max_gas_cost_wei, valid_until=entry.valid_until, valid_after=entry.valid_after,
+        mode=entry.mode, token=entry.token, exchange_rate=entry.exchange_rate, max_token_amount=entry.max_token_amount,
     )  # fmt: skip
     return {
         "kind": audit.SIGNATURE, "created_at": entry.created_at, "backend": entry.backend, "signer": entry.signer,

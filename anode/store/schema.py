@@ -16,7 +16,7 @@ from anode.store.dashboard import sponsorship_outcomes
 from anode.store.deposits import deposit_samples, deposit_watch
 from anode.store.policies import policies, policy_usage, policy_usage_applied
 from anode.store.reconcile import limit_adjustments, limit_reservations
-from anode.store.tables import metadata, sponsorships
+from anode.store.tables import metadata, signer_events, sponsorships
 from anode.store.watch import unknown_operations, watch_blocks, watch_cursors, watch_lease
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "policies",
     "policy_usage",
     "policy_usage_applied",
+    "signer_events",
     "sponsorship_outcomes",
     "sponsorships",
     "unknown_operations",

@@ -72,3 +72,24 @@ sponsorships = sa.Table(
     sa.Index("ix_sponsorships_chain_status", "chain_id", "status", "valid_until"),
     sa.Index("ix_sponsorships_chain_block", "chain_id", "block_number"),
 )
+
+# what the signer manager went through (``anode/signers/manager.py``): a failover from one backend to
+# the next, counted per flush (``count``), and a backend's health or circuit changing; each server
+# process writes its own (``process``), off the signing path (``store/signer_events.py``)
+signer_events = sa.Table(
+    "signer_events",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    # failover, unhealthy, healthy, circuit_open, circuit_closed
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("backend", sa.String(64), nullable=False),
+    sa.Column("address", sa.String(42), nullable=False),
+    # a failover's next backend
+    sa.Column("to_backend", sa.String(64), nullable=True),
+    sa.Column("to_address", sa.String(42), nullable=True),
+    sa.Column("count", sa.BigInteger(), nullable=False),
+    sa.Column("detail", sa.String(200), nullable=True),
+    sa.Column("process", sa.String(64), nullable=False),
+    sa.Index("ix_signer_events_at", "at"),
+)

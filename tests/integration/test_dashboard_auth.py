@@ -24,6 +24,8 @@ ADMIN_KEY = "dashboard-admin-key-0123456789"
 PAGES = [
     "/dashboard",
     "/dashboard/api/spend",
+    "/dashboard/api/policy-spend",
+    "/dashboard/api/signer-events",
     "/dashboard/api/outcomes",
     "/dashboard/api/operations",
     "/dashboard/api/follower",

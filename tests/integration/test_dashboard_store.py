@@ -15,8 +15,11 @@ import sqlalchemy as sa
 
 from anode.store.dashboard import MAX_WINDOW, DashboardStore, OutcomeCounter
 from anode.store.deposits import deposit_samples
-from anode.store.tables import sponsorships
+from anode.store.reconcile import limit_reservations, reconcile
+from anode.store.signer_events import SignerEventLog
+from anode.store.tables import signer_events, sponsorships
 from anode.store.watch import unknown_operations, watch_cursors
+from tests.integration.test_dashboard_browser import until
 from tests.support.databases import database_url, engine  # noqa: F401 (fixtures)
 from tests.support.postgres import emptied, fresh_pg_database
 
@@ -76,6 +79,145 @@ def test_spend_is_exact_per_hour_chain_and_key(engine: sa.Engine) -> None:  # no
     assert sum(int(r["reservedWei"]) for r in daily if r["bucket"] == day and r["chainId"] == 1) == 2 * BIG + 5 + (
         1 if earlier.date() == NOW.date() else 0
     )
+
+
+def op_hash(n: int) -> str:
+    return "0x" + f"{n:064x}"
+
+
+def reserve(n: int, counters: list[str], amount: int, chain_id: int = 1) -> list[dict[str, Any]]:
+    return [
+        {"chain_id": chain_id, "user_op_hash": op_hash(n), "counter": c, "window_start": 0, "amount": amount}
+        for c in counters
+    ]
+
+
+def test_policy_spend_is_exact_per_hour_chain_and_policy(engine: sa.Engine) -> None:  # noqa: F811
+    """Reserved at signing, actual as reconciliation settled it; a policy with two amount limits
+    counts an operation once, an operation signed twice (two ledger rows) twice."""
+    cap = ["cap:amount:86400:*", "cap:amount:3600:*"]  # two amount limits of one policy
+    wallet = ["wallet:amount:0:0x" + "03" * 20]  # a per-wallet policy's counter
+    earlier = NOW - timedelta(hours=2)
+    insert(engine, sponsorships, [
+        row(NOW, max_wei=BIG, user_op_hash=op_hash(1), status="included", actual_gas_cost_wei=BIG - 7),
+        row(NOW, max_wei=5, user_op_hash=op_hash(2)),  # signed, not yet included
+        row(NOW, chain_id=2, max_wei=3, user_op_hash=op_hash(3), status="expired"),
+        row(earlier, max_wei=9, user_op_hash=op_hash(4), status="included", actual_gas_cost_wei=20),  # capped at 9
+        row(NOW, max_wei=4, user_op_hash=op_hash(6)),  # the same operation signed twice
+        row(NOW + timedelta(minutes=1), max_wei=4, user_op_hash=op_hash(6)),
+        row(NOW - MAX_WINDOW - timedelta(hours=1), max_wei=999, user_op_hash=op_hash(5)),
+    ])  # fmt: skip
+    insert(engine, limit_reservations, [
+        *reserve(1, cap + wallet, BIG), *reserve(2, cap, 5), *reserve(3, cap, 3, chain_id=2), *reserve(4, cap, 9),
+        *reserve(6, cap, 4), *reserve(6, cap, 4), *reserve(5, cap, 999),
+    ])  # fmt: skip
+    with engine.begin() as connection:  # what the follower does when it records outcomes
+        assert reconcile(connection, 1, [op_hash(n) for n in (1, 2, 4, 6)]) == 5
+        assert reconcile(connection, 2, [op_hash(3)]) == 2
+    store = DashboardStore(engine)
+    got = {
+        (r["bucket"], r["chainId"], r["policyId"]): r
+        for r in store.policy_spend(NOW - timedelta(days=60), None, "hour")
+    }
+    hour, before = NOW.replace(minute=0).isoformat(), earlier.replace(minute=0).isoformat()
+    assert got == {
+        (hour, 1, "cap"): {
+            "bucket": hour, "chainId": 1, "policyId": "cap", "operations": 4, "included": 1,
+            "reservedWei": str(BIG + 5 + 2 * 4), "actualWei": str(BIG - 7),
+        },
+        (hour, 1, "wallet"): {
+            "bucket": hour, "chainId": 1, "policyId": "wallet", "operations": 1, "included": 1,
+            "reservedWei": str(BIG), "actualWei": str(BIG - 7),
+        },
+        (hour, 2, "cap"): {
+            "bucket": hour, "chainId": 2, "policyId": "cap", "operations": 1, "included": 0,
+            "reservedWei": "3", "actualWei": "0",
+        },
+        (before, 1, "cap"): {
+            "bucket": before, "chainId": 1, "policyId": "cap", "operations": 1, "included": 1,
+            "reservedWei": "9", "actualWei": "9",
+        },
+    }  # fmt: skip
+    daily = store.policy_spend(NOW - timedelta(days=2), None, "day")
+    day = NOW.replace(hour=0, minute=0).isoformat()
+    cap_today = [r for r in daily if r["bucket"] == day and r["chainId"] == 1 and r["policyId"] == "cap"]
+    same_day = earlier.date() == NOW.date()
+    assert [(r["operations"], r["reservedWei"]) for r in cap_today] == [
+        (4 + same_day, str(BIG + 5 + 8 + (9 if same_day else 0)))
+    ]
+
+
+def test_signer_events_from_two_processes_add_up(engine: sa.Engine) -> None:  # noqa: F811
+    first = SignerEventLog(engine, interval=0, process="host-a:1")
+    second = SignerEventLog(engine, interval=0, process="host-b:2")
+    primary, backup = ("primary:remote", "0x" + "09" * 20), ("backup1:local", "0x" + "09" * 20)
+    first.record("unhealthy", *primary, detail="primary:remote: connection refused")
+    for _ in range(3):  # three requests failed over: one row
+        first.record("failover", *primary, to_backend=backup[0], to_address=backup[1], detail="refused")
+    second.record("failover", *primary, to_backend=backup[0], to_address=backup[1])
+    first.flush()
+    second.close()
+    first.record("failover", *backup, to_backend="backup2:local", to_address="0x" + "08" * 20)
+    first.close()
+    store = DashboardStore(engine)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0).isoformat()
+    assert store.signer_failovers(NOW - timedelta(hours=3)) == [
+        {"hour": hour, "backend": "backup1:local", "toBackend": "backup2:local", "count": 1},
+        {"hour": hour, "backend": "primary:remote", "toBackend": "backup1:local", "count": 4},
+    ]
+    events = store.signer_events(limit=10)
+    assert [(e["kind"], e["backend"], e["count"], e["process"]) for e in events] == [
+        ("failover", "backup1:local", 1, "host-a:1"),
+        ("failover", "primary:remote", 1, "host-b:2"),
+        ("failover", "primary:remote", 3, "host-a:1"),
+        ("unhealthy", "primary:remote", 1, "host-a:1"),
+    ]
+    assert events[-1]["detail"] == "primary:remote: connection refused" and events[-1]["address"] == primary[1]
+
+
+def test_a_failed_signer_event_write_keeps_its_events(engine: sa.Engine) -> None:  # noqa: F811
+    log = SignerEventLog(engine, interval=0, process="host-a:1")
+    log.record("failover", "primary", "0x" + "09" * 20, to_backend="backup1", to_address="0x" + "09" * 20)
+    with engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE signer_events RENAME TO signer_events_away"))
+    log.flush()  # fails: the table is gone
+    log.record("failover", "primary", "0x" + "09" * 20, to_backend="backup1", to_address="0x" + "09" * 20)
+    with engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE signer_events_away RENAME TO signer_events"))
+    log.flush()
+    assert [(f["backend"], f["count"]) for f in DashboardStore(engine).signer_failovers(NOW)] == [("primary", 2)]
+    assert len(DashboardStore(engine).signer_events()) == 1
+
+
+def test_the_writer_thread_deletes_signer_events_past_the_retention_not_per_event(
+    engine: sa.Engine,  # noqa: F811
+) -> None:
+    now = datetime.now(UTC)
+    address = "0x" + "09" * 20
+
+    def event(at: datetime, kind: str) -> dict[str, Any]:
+        return {"at": at, "kind": kind, "backend": "primary", "address": address, "count": 1, "process": "host-a:1"}
+
+    insert(engine, signer_events, [
+        event(now - timedelta(days=31), "circuit_open"), event(now - timedelta(days=30, minutes=1), "unhealthy"),
+        event(now - timedelta(days=29), "healthy"), event(now - timedelta(minutes=1), "circuit_closed"),
+    ])  # fmt: skip
+
+    def kinds() -> list[str]:
+        with engine.connect() as connection:
+            return list(connection.execute(sa.select(signer_events.c.kind).order_by(signer_events.c.id)).scalars())
+
+    log = SignerEventLog(engine, interval=0.01, process="host-a:1")  # 30 days, pruned at start then hourly
+    log.start()
+    try:
+        until("the writer thread's first prune", lambda: len(kinds()) == 2, within=10)
+        assert kinds() == ["healthy", "circuit_closed"]  # a day inside the retention stays
+        insert(engine, signer_events, [event(now - timedelta(days=40), "unhealthy")])
+        log.record("failover", "primary", address, to_backend="backup1", to_address=address)
+        until("the failover's write", lambda: len(kinds()) == 4, within=10)
+        assert kinds() == ["healthy", "circuit_closed", "unhealthy", "failover"]  # a write prunes nothing
+    finally:
+        log.close()
 
 
 def test_outcome_counts_from_two_processes_add_up(engine: sa.Engine) -> None:  # noqa: F811
@@ -178,11 +320,26 @@ def test_every_query_is_answered_from_an_index(engine: sa.Engine) -> None:  # no
         store.deposits(since)
         store.operations()
         store.follower()
+        store.policy_spend(since, None, "day")
+        store.signer_failovers(since)
+        store.signer_events()
     finally:
         sa.event.remove(engine, "before_cursor_execute", capture)
     statements = [(q, p) for q, p in seen if q.lstrip().upper().startswith("SELECT")]
-    assert len(statements) == 6, statements
+    assert len(statements) == 9, statements
     plans = _plans(engine, statements)
+    policy_spend, failovers, events = plans[6:]
+    plans = plans[:6]
+    for name in ("ix_sponsorships_created", "ix_limit_reservations_op"):  # the window, then each one's reservations
+        assert name in policy_spend, policy_spend
+    assert "ix_signer_events_at" in failovers and "signer_events" in events, (failovers, events)
+    if engine.dialect.name == "postgresql":
+        assert "Seq Scan" not in policy_spend + failovers + events, (policy_spend, failovers, events)
+        assert "Index Cond" in failovers, failovers
+    else:
+        assert "SCAN limit_reservations" not in policy_spend and "SCAN sponsorships" not in policy_spend, policy_spend
+        assert "SEARCH signer_events USING INDEX ix_signer_events_at" in failovers, failovers
+        assert "TEMP B-TREE" not in events, events
     indexes = [
         "ix_sponsorships_created", "sponsorship_outcomes", "ix_deposit_samples_time", "sponsorships", "watch_cursors",
         "unknown_operations",

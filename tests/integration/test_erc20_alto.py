@@ -25,7 +25,7 @@ from anode.devchain.anvil import Anvil
 from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc
 from tests.contracts.solidity import compiled
-from tests.integration.test_singleton_erc20_onchain import _approve_paymaster, _balance, _mint, _sponsored_events
+from tests.support.erc20 import approve_paymaster, balance_of, mint, sponsored_events
 from tests.support.onchain import USER_KEY, get_user_op_hash, sign_user_op_hash
 from tests.support.server import rpc, running_server
 from tests.support.wallet import Client, rpc_op, server_config, with_paymaster
@@ -110,8 +110,8 @@ def test_a_token_paying_operation_estimated_by_alto_is_bundled_and_pays_the_trea
     client: Client, token: str, alto: Alto
 ) -> None:
     paymaster = client.deployment.singleton_paymasters[client.version]
-    op = replace(client.new_op(), call_data=_approve_paymaster(token, paymaster))
-    _mint(client.anvil, token, op.sender, 1000 * 10**18)
+    op = replace(client.new_op(), call_data=approve_paymaster(token, paymaster))
+    mint(client.anvil, token, op.sender, 1000 * 10**18)
     fields = rpc_op(op, client.version)
     for name in _GAS_FIELDS:
         del fields[name]
@@ -127,20 +127,20 @@ def test_a_token_paying_operation_estimated_by_alto_is_bundled_and_pays_the_trea
         pre_verification_gas=int(result["preVerificationGas"], 16),
     )
     sponsored = with_paymaster(estimated, client.version, result)
-    before = _balance(client.anvil, token, TREASURY)
+    before = balance_of(client.anvil, token, TREASURY)
     receipt = _send_through_alto(alto, client, sponsored)
     assert receipt["success"] is True, receipt
     tx_hash = receipt["receipt"]["transactionHash"]
-    ((mode, paid_token, paid, rate),) = _sponsored_events(client.anvil, tx_hash, paymaster)
+    ((mode, paid_token, paid, rate),) = sponsored_events(client.anvil, tx_hash, paymaster)
     assert (mode, paid_token, rate) == (1, token, SIGNED_RATE)
     assert paid > 0
-    assert _balance(client.anvil, token, TREASURY) - before == paid
+    assert balance_of(client.anvil, token, TREASURY) - before == paid
 
 
 def test_rest_estimate_asks_the_bundler_for_gas_limits(client: Client, token: str) -> None:
     paymaster = client.deployment.singleton_paymasters[client.version]
-    op = replace(client.new_op(), call_data=_approve_paymaster(token, paymaster))
-    _mint(client.anvil, token, op.sender, 1000 * 10**18)  # the bundler simulates postOp's transfer
+    op = replace(client.new_op(), call_data=approve_paymaster(token, paymaster))
+    mint(client.anvil, token, op.sender, 1000 * 10**18)  # the bundler simulates postOp's transfer
     fields = rpc_op(op, client.version)
     for name in _GAS_FIELDS:
         del fields[name]

@@ -23,22 +23,24 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
+from anode.cli import main
 from anode.devchain.anvil import Anvil
 from anode.devchain.deploy import Deployment
 from anode.devchain.rpc import DevRpc, encode_call
 from anode.paymasters.singleton_erc20 import Erc20Terms
 from tests.contracts.solidity import compiled
-from tests.integration.test_singleton_erc20_onchain import (
-    _approve_from,
-    _approve_paymaster,
-    _balance,
-    _expected_charge,
-    _mint,
-    _post_op_call,
-    _sponsored_events,
+from tests.support.erc20 import (
+    approve_from,
+    approve_paymaster,
+    balance_of,
+    expected_charge,
+    mint,
+    post_op_call,
+    sponsored_events,
 )
 from tests.support.onchain import USER_ADDRESS, UserOp, execute_calldata
 from tests.support.server import rpc, running_server
@@ -121,7 +123,7 @@ def _erc20_op(client: Client, token: str, call_data: bytes, *, minted: int = MIN
     """A new account holding ``minted`` tokens whose operation makes ``call_data``."""
     op = replace(client.new_op(), call_data=call_data)
     if minted:
-        _mint(client.anvil, token, op.sender, minted)
+        mint(client.anvil, token, op.sender, minted)
     return op
 
 
@@ -143,29 +145,34 @@ def test_an_operation_pays_the_treasury_the_signed_rate_approving_then_approved(
         "exchangeRate": hex(SIGNED_RATE),
         "exchangeRateNativeToUsd": "0x0",  # a fixed price knows no USD value
     }
-    treasury_before = _balance(client.anvil, token, TREASURY)
+    treasury_before = balance_of(client.anvil, token, TREASURY)
     context = {"token": token}
 
     # 1. a new account approves the paymaster in its own call, and pays for it in tokens
-    op = _erc20_op(client, token, _approve_paymaster(token, paymaster))
+    op = _erc20_op(client, token, approve_paymaster(token, paymaster))
     stub = client.call("pm_getPaymasterStubData", op, context)
     assert stub["isFinal"] is False
     final = client.call("pm_getPaymasterData", op, context)
     terms = _signed_terms(client, final)
     assert terms.exchange_rate == int(quote["exchangeRate"], 16) == SIGNED_RATE  # quoted = signed
     assert (to_checksum_address(terms.token), to_checksum_address(terms.treasury)) == (token, TREASURY)
+    # the stub: the same terms and a constantFee of 1, so a bundler estimating at a fee of 1 wei
+    # still sees postOp move tokens from the sender to the treasury; the final data has no fee
+    stub_data, final_data = _paymaster_config(client, stub), _paymaster_config(client, final)
+    assert stub_data[1] == 0x01 and stub_data[118:134] == (1).to_bytes(16, "big")
+    assert stub_data[14:118] == final_data[14:118] and len(stub_data) == len(final_data) + 16  # after the window
     if client.version != "v0.6":  # postOp moves the tokens: its gas limit covers it
         assert int(stub["paymasterPostOpGasLimit"], 16) >= 100_000
         assert final["paymasterPostOpGasLimit"] == stub["paymasterPostOpGasLimit"]
     sponsored = with_paymaster(op, client.version, final)
     outcome = client.submit(sponsored)
     assert outcome.success, outcome.reason
-    ((mode, paid_token, paid, rate),) = _sponsored_events(client.anvil, outcome.tx_hash, paymaster)
+    ((mode, paid_token, paid, rate),) = sponsored_events(client.anvil, outcome.tx_hash, paymaster)
     assert (mode, paid_token, rate) == (1, token, SIGNED_RATE)
-    post_op = _post_op_call(client.anvil, client.version, outcome.tx_hash, paymaster)
-    assert paid == _expected_charge(client.version, sponsored, terms, post_op) > 0
-    assert _balance(client.anvil, token, TREASURY) - treasury_before == paid
-    assert _balance(client.anvil, token, op.sender) == MINTED - paid
+    post_op = post_op_call(client.anvil, client.version, outcome.tx_hash, paymaster)
+    assert paid == expected_charge(client.version, sponsored, terms, post_op) > 0
+    assert balance_of(client.anvil, token, TREASURY) - treasury_before == paid
+    assert balance_of(client.anvil, token, op.sender) == MINTED - paid
 
     # 2. the same account, already approved, makes a plain call
     second = replace(op, nonce=1, factory=None, factory_data=b"", call_data=execute_calldata(USER_ADDRESS, 0, b""))
@@ -173,14 +180,16 @@ def test_an_operation_pays_the_treasury_the_signed_rate_approving_then_approved(
     sponsored = with_paymaster(second, client.version, final)
     outcome = client.submit(sponsored)
     assert outcome.success, outcome.reason
-    ((_, _, paid_again, _),) = _sponsored_events(client.anvil, outcome.tx_hash, paymaster)
-    post_op = _post_op_call(client.anvil, client.version, outcome.tx_hash, paymaster)
-    assert paid_again == _expected_charge(client.version, sponsored, _signed_terms(client, final), post_op) > 0
-    assert _balance(client.anvil, token, TREASURY) - treasury_before == paid + paid_again
+    ((_, _, paid_again, _),) = sponsored_events(client.anvil, outcome.tx_hash, paymaster)
+    post_op = post_op_call(client.anvil, client.version, outcome.tx_hash, paymaster)
+    assert paid_again == expected_charge(client.version, sponsored, _signed_terms(client, final), post_op) > 0
+    assert balance_of(client.anvil, token, TREASURY) - treasury_before == paid + paid_again
 
 
-def test_the_ledger_records_mode_token_rate_and_maximum(client: Client, token: str, database: Path) -> None:
-    op = _erc20_op(client, token, _approve_paymaster(token, _paymaster(client)))
+def test_the_ledger_records_mode_token_rate_and_maximum(
+    client: Client, token: str, database: Path, paymaster_key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    op = _erc20_op(client, token, approve_paymaster(token, _paymaster(client)))
     asked = int(time.time())
     final = client.call("pm_getPaymasterData", op, {"token": token})
     valid_until = int.from_bytes(_paymaster_config(client, final)[2:8], "big")
@@ -205,9 +214,25 @@ def test_the_ledger_records_mode_token_rate_and_maximum(client: Client, token: s
     expected = (int(max_gas_cost) + POST_OP_GAS * op.max_fee_per_gas) * terms.exchange_rate // 10**18
     assert int(maximum) == expected
 
+    # the operations view shows them, the amounts as decimal strings (JSON numbers lose digits)
+    reply = httpx.get(f"{client.url}/api/v1/operations", params={"sender": op.sender}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    (listed,) = reply.json()["operations"]
+    assert {name: listed[name] for name in ("mode", "token", "exchange_rate", "max_token_amount")} == {
+        "mode": "erc20", "token": token, "exchange_rate": str(SIGNED_RATE), "max_token_amount": str(expected),
+    }  # fmt: skip
+    # and so does `anode ops list`
+    config = tmp_path / "config.yaml"
+    tree = server_config(client.anvil, client.deployment, paymaster_key, [("singleton", client.version)])
+    config.write_text(yaml.safe_dump(tree | {"database_url": f"sqlite:///{database}"}))
+    assert main(["ops", "list", "--config", str(config), "--sender", op.sender]) == 0
+    header, line, _ = capsys.readouterr().out.splitlines()
+    assert header.endswith("userOpHash") and " mode " in header and " max tokens " in header
+    assert line.split()[-5:-1] == ["erc20", token, str(expected), str(SIGNED_RATE)], line
+
 
 def test_a_sender_without_enough_tokens_is_refused_before_signing(client: Client, token: str) -> None:
-    op = _erc20_op(client, token, _approve_paymaster(token, _paymaster(client)), minted=10**15)
+    op = _erc20_op(client, token, approve_paymaster(token, _paymaster(client)), minted=10**15)
     error = _refusal(client, op, {"token": token})
     assert error["data"]["anodeCode"] == "ANODE_ERC20_TOKEN_BALANCE_LOW"
     assert error["data"]["balance"] == str(10**15)
@@ -218,9 +243,9 @@ def test_a_sender_without_enough_tokens_is_refused_before_signing(client: Client
 def test_a_refusal_rests_on_a_fresh_read_so_a_topped_up_sender_is_signed_at_once(client: Client, token: str) -> None:
     """Balances and allowances are cached (``funds_cache_seconds``), but only to accept: a sender
     refused on a cached read is read again, so tokens that arrived since count straight away."""
-    op = _erc20_op(client, token, _approve_paymaster(token, _paymaster(client)), minted=10**15)
+    op = _erc20_op(client, token, approve_paymaster(token, _paymaster(client)), minted=10**15)
     assert _refusal(client, op, {"token": token})["data"]["anodeCode"] == "ANODE_ERC20_TOKEN_BALANCE_LOW"
-    _mint(client.anvil, token, op.sender, MINTED)  # the refused read of 10**15 is still in the cache
+    mint(client.anvil, token, op.sender, MINTED)  # the refused read of 10**15 is still in the cache
     params = [rpc_op(op, client.version), client.entry_point, hex(client.deployment.chain_id), {"token": token}]
     reply = rpc(client.url, "pm_getPaymasterData", params)
     assert "result" in reply, reply
@@ -232,7 +257,7 @@ def test_a_sender_whose_allowance_does_not_cover_the_maximum_is_refused(client: 
     if calls == "no-approve":
         call_data = execute_calldata(USER_ADDRESS, 0, b"")
     elif calls == "approve-too-little":
-        call_data = _approve_paymaster(token, paymaster, 1000)
+        call_data = approve_paymaster(token, paymaster, 1000)
     else:
         approve = encode_call("approve(address,uint256)", ["address", "uint256"], [paymaster, 2**256 - 1])
         revoke = encode_call("approve(address,uint256)", ["address", "uint256"], [paymaster, 0])
@@ -256,7 +281,7 @@ def _batch(version: str, calls: list[tuple[str, bytes]]) -> bytes:
 
 
 def test_an_unknown_token_is_refused_with_the_supported_ones(client: Client, token: str) -> None:
-    op = _erc20_op(client, token, _approve_paymaster(token, _paymaster(client)))
+    op = _erc20_op(client, token, approve_paymaster(token, _paymaster(client)))
     for method in ("pm_getPaymasterStubData", "pm_getPaymasterData"):
         error = _refusal(client, op, {"token": UNKNOWN_TOKEN}, method)
         assert error["data"]["anodeCode"] == "ANODE_ERC20_TOKEN_NOT_SUPPORTED"
@@ -267,7 +292,7 @@ def test_an_unknown_token_is_refused_with_the_supported_ones(client: Client, tok
 
 
 def test_a_maximum_above_max_token_amount_is_refused(client: Client, token: str) -> None:
-    op = _erc20_op(client, token, _approve_paymaster(token, _paymaster(client)))
+    op = _erc20_op(client, token, approve_paymaster(token, _paymaster(client)))
     error = _refusal(client, op, {"token": token, "maxTokenAmount": hex(10**15)})
     assert error["data"]["anodeCode"] == "ANODE_ERC20_MAX_TOKEN_AMOUNT_EXCEEDED"
     assert error["data"]["maxTokenAmount"] == str(10**15)
@@ -276,7 +301,7 @@ def test_a_maximum_above_max_token_amount_is_refused(client: Client, token: str)
 
 
 def test_a_tampered_exchange_rate_is_rejected_with_aa34(client: Client, token: str) -> None:
-    op = _erc20_op(client, token, _approve_paymaster(token, _paymaster(client)))
+    op = _erc20_op(client, token, approve_paymaster(token, _paymaster(client)))
     final = client.call("pm_getPaymasterData", op, {"token": token})
     field = "paymasterAndData" if client.version == "v0.6" else "paymasterData"
     data = bytearray.fromhex(final[field][2:])
@@ -288,7 +313,7 @@ def test_a_tampered_exchange_rate_is_rejected_with_aa34(client: Client, token: s
 
 
 def test_rest_erc20_signs_and_refuses_above_max_token_amount(client: Client, token: str) -> None:
-    op = _erc20_op(client, token, _approve_paymaster(token, _paymaster(client)))
+    op = _erc20_op(client, token, approve_paymaster(token, _paymaster(client)))
     body: dict[str, Any] = {
         "userOperation": rpc_op(op, client.version),
         "entryPoint": client.entry_point,
@@ -309,7 +334,7 @@ def test_rest_erc20_signs_and_refuses_above_max_token_amount(client: Client, tok
     sponsored = with_paymaster(op, client.version, result)
     outcome = client.submit(sponsored)
     assert outcome.success, outcome.reason
-    ((_, _, paid, rate),) = _sponsored_events(client.anvil, outcome.tx_hash, _paymaster(client))
+    ((_, _, paid, rate),) = sponsored_events(client.anvil, outcome.tx_hash, _paymaster(client))
     assert rate == SIGNED_RATE and 0 < paid <= int(result["maxTokenAmount"])
 
 
@@ -353,7 +378,7 @@ def test_health_is_degraded_until_the_treasury_approves_the_paymaster(server: st
     assert len(problems) == len(VERSIONS) and all(TREASURY in p and "has not approved" in p for p in problems)
     deployment_paymasters = [p.split("paymaster ")[1].split(" ")[0] for p in problems]
     for paymaster in deployment_paymasters:
-        _approve_from(anvil, bytes.fromhex(TREASURY[2:]), token, paymaster)
+        approve_from(anvil, bytes.fromhex(TREASURY[2:]), token, paymaster)
     reply = httpx.get(f"{server}/health")
     assert reply.json()["erc20"] == {"status": "ok", "problems": []}
     assert reply.status_code == 200

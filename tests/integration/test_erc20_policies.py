@@ -28,8 +28,8 @@ from anode.pricing.base import TokenQuote
 from anode.sponsorship_erc20 import TokenMode
 from anode.wiring import Anode, build
 from tests.contracts.solidity import compiled
-from tests.integration.test_singleton_erc20_onchain import _approve_paymaster, _mint
 from tests.support.asgi import client_of
+from tests.support.erc20 import approve_paymaster, mint
 from tests.support.server import rpc, running_server
 from tests.support.wallet import Client, rpc_op, server_config
 
@@ -94,8 +94,8 @@ def client(server: str, anvil: Anvil, deployment: Deployment) -> Client:
 
 def test_a_policy_on_mode_and_token_applies_to_erc20_operations_only(client: Client, token: str) -> None:
     paymaster = client.deployment.singleton_paymasters[VERSION]
-    op = replace(client.new_op(), call_data=_approve_paymaster(token, paymaster))
-    _mint(client.anvil, token, op.sender, 1000 * 10**18)
+    op = replace(client.new_op(), call_data=approve_paymaster(token, paymaster))
+    mint(client.anvil, token, op.sender, 1000 * 10**18)
     # verifying mode: the token policy does not apply, the verifying one sponsors
     client.call("pm_getPaymasterData", op, {})
     # ERC-20 mode: the token policy applies; its cap counts the native gas the sponsor risks

@@ -46,6 +46,7 @@ LATER_TABLES = {
     "policy_usage_applied",
     "deposit_watch",
     "sponsorship_outcomes",
+    "signer_events",
 }
 
 

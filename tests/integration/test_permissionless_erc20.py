@@ -4,14 +4,11 @@
 writes: ``createPimlicoClient`` on aNode's URL, ``createSmartAccountClient`` with
 ``paymasterContext: {token}`` and ``prepareUserOperationForErc20Paymaster``. permissionless asks
 aNode for ``pimlico_getTokenQuotes``, approves the paymaster for the maximum cost it computes from
-the quote, gets stub and final data from aNode and sends the operation through Alto. The token
-(18 decimals, 0.25 USD) is priced by Chainlink-style feeds on anvil with a 10 % markup; the
-operation must execute, and the treasury gain exactly ``tokenAmountPaid`` at the rate aNode quoted.
-
-Not covered here: a 6-decimals token (a rate near 3e9 base units per ETH). Alto's
-``eth_estimateUserOperationGas`` refuses aNode's ERC-20 stub for such a rate with "AA50 postOp
-reverted" (``TransferFromFailed``, 0x7939f424), whatever the fees and the calls; at 18 decimals
-the same flow estimates.
+the quote, gets stub and final data from aNode and sends the operation through Alto. Two tokens,
+priced by Chainlink-style feeds on anvil with a 10 % markup: one of 18 decimals (0.25 USD) and one
+of 6 (1 USD, about 3.3e9 base units per ETH: a charge computed at Alto's estimation fee of 1 wei
+rounds to zero, which the stub's constant fee of 1 is there for). The operation must execute, and
+the treasury gain exactly ``tokenAmountPaid`` at the rate aNode quoted.
 """
 
 from __future__ import annotations
@@ -30,14 +27,15 @@ from anode.devchain.alto import ANVIL_EXECUTOR_KEYS, ANVIL_UTILITY_KEY, Alto, no
 from anode.devchain.anvil import DEFAULT_ACCOUNT_KEYS, Anvil
 from anode.devchain.deploy import Deployment
 from tests.integration.test_pricing_onchain import Market
-from tests.integration.test_singleton_erc20_onchain import _balance, _sponsored_events
+from tests.support.erc20 import balance_of, sponsored_events
 from tests.support.onchain import USER_KEY
 from tests.support.server import running_server
 from tests.support.wallet import server_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "js" / "permissionless_erc20.mjs"
 TREASURY = to_checksum_address(keccak(b"anode permissionless erc20 treasury")[:20])
-MINTED = 1000 * 10**18  # 1000 BIG (18 decimals)
+#: token → (decimals, exchange rate signed: 3000 USD per ETH over the token's USD price, plus 10 %, salt)
+TOKENS = {"big": (18, 13_200 * 10**18, 90_001), "usdc": (6, 3_300 * 10**6, 90_002)}
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +70,14 @@ def run_permissionless(args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.parametrize("name", list(TOKENS))
 def test_permissionless_pays_in_a_token_at_the_rate_anode_quoted(
-    server: str, alto: Alto, anvil: Anvil, deployment: Deployment, market: Market
+    server: str, alto: Alto, anvil: Anvil, deployment: Deployment, market: Market, name: str
 ) -> None:
     paymaster = deployment.singleton_paymasters["v0.7"]
+    decimals, signed_rate, salt = TOKENS[name]
+    token_address = market.big if name == "big" else market.usdc
+    minted = 1000 * 10**decimals
     result = run_permissionless(
         {
             "rpcUrl": anvil.rpc_url,
@@ -84,10 +86,10 @@ def test_permissionless_pays_in_a_token_at_the_rate_anode_quoted(
             "entryPoint": deployment.entry_points["v0.7"],
             "factory": deployment.factories["v0.7"],
             "ownerKey": USER_KEY,
-            "salt": 90_001,
-            "token": market.big,
+            "salt": salt,
+            "token": token_address,
             "funderKey": DEFAULT_ACCOUNT_KEYS[0],
-            "minted": hex(MINTED),
+            "minted": hex(minted),
         }
     )
 
@@ -97,21 +99,21 @@ def test_permissionless_pays_in_a_token_at_the_rate_anode_quoted(
     assert "pm_getPaymasterStubData" in methods
     for request in result["paymasterRequests"]:
         if request["method"].startswith("pm_"):
-            assert request["params"][3] == {"token": market.big}
+            assert request["params"][3] == {"token": token_address}
     quote = result["quote"]
     assert to_checksum_address(quote["paymaster"]) == paymaster
-    assert int(quote["exchangeRate"], 16) == 13_200 * 10**18  # 12,000 BIG per ETH + 10 %
+    assert int(quote["exchangeRate"], 16) == signed_rate
 
     # it approved the paymaster for the maximum it computed from that quote, in the signed operation
     approved = result["approved"]
-    assert (approved["token"].lower(), approved["functionName"]) == (market.big.lower(), "approve")
+    assert (approved["token"].lower(), approved["functionName"]) == (token_address.lower(), "approve")
     spender, amount = approved["args"][0], int(approved["args"][1], 16)
     assert to_checksum_address(spender) == paymaster and amount > 0
 
     # executed: the treasury got exactly what postOp charged, at the quoted rate, within the approval
     assert to_checksum_address(result["paymaster"]) == paymaster
-    ((mode, token, paid, rate),) = _sponsored_events(anvil, result["transactionHash"], paymaster)
-    assert (mode, token, rate) == (1, market.big, 13_200 * 10**18)
+    ((mode, token, paid, rate),) = sponsored_events(anvil, result["transactionHash"], paymaster)
+    assert (mode, token, rate) == (1, token_address, signed_rate)
     assert 0 < paid <= amount
-    assert _balance(anvil, market.big, TREASURY) == paid
-    assert _balance(anvil, market.big, result["sender"]) == MINTED - paid
+    assert balance_of(anvil, token_address, TREASURY) == paid
+    assert balance_of(anvil, token_address, result["sender"]) == minted - paid

@@ -28,18 +28,18 @@ from anode.devchain.solidity import dev_contracts
 from anode.errors import PriceInvalid, PriceRoundIncomplete, PriceStale
 from anode.paymasters.singleton_erc20 import Erc20Terms, max_token_cost
 from anode.pricing import PriceBook
-from tests.integration.test_singleton_erc20_onchain import (
+from tests.support.erc20 import (
     POST_OP_GAS,
     Erc20Sponsor,
-    _approve_paymaster,
-    _balance,
-    _expected_charge,
-    _fresh_address,
-    _mint,
-    _new_op,
-    _post_op_call,
-    _sponsored_events,
-    _window,
+    approve_paymaster,
+    balance_of,
+    expected_charge,
+    fresh_address,
+    latest_window,
+    mint,
+    new_op,
+    post_op_call,
+    sponsored_events,
 )
 
 PAYMASTER = bytes.fromhex("ab" * 20)  # the book does not read the paymaster; the charge test uses a real one
@@ -262,16 +262,16 @@ async def test_the_signed_rate_is_what_the_contract_charges(
         post_op_gas=POST_OP_GAS,
         exchange_rate=quote.exchange_rate,
         paymaster_validation_gas_limit=30_000,
-        treasury=_fresh_address(),
+        treasury=fresh_address(),
     )
-    op = _new_op(sponsor, _approve_paymaster(market.usdc, sponsor.paymaster_address))
-    _mint(anvil, market.usdc, op.sender, 1000 * 10**6)
-    outcome = sponsor.submit(sponsor.sponsor(op, _window(anvil), terms))
+    op = new_op(sponsor, approve_paymaster(market.usdc, sponsor.paymaster_address))
+    mint(anvil, market.usdc, op.sender, 1000 * 10**6)
+    outcome = sponsor.submit(sponsor.sponsor(op, latest_window(anvil), terms))
     assert outcome.success, outcome.reason
     assert outcome.tx_hash is not None
-    ((mode, token, paid, rate),) = _sponsored_events(anvil, outcome.tx_hash, sponsor.paymaster_address)
+    ((mode, token, paid, rate),) = sponsored_events(anvil, outcome.tx_hash, sponsor.paymaster_address)
     assert (mode, token, rate) == (1, market.usdc, quote.exchange_rate)
-    post_op = _post_op_call(anvil, "v0.7", outcome.tx_hash, sponsor.paymaster_address)
-    assert paid == _expected_charge("v0.7", op, terms, post_op) > 0  # token_cost at the signed rate
-    assert _balance(anvil, market.usdc, terms.treasury) == paid
-    assert paid <= max_token_cost(terms, sponsor.model(op, _window(anvil), terms))
+    post_op = post_op_call(anvil, "v0.7", outcome.tx_hash, sponsor.paymaster_address)
+    assert paid == expected_charge("v0.7", op, terms, post_op) > 0  # token_cost at the signed rate
+    assert balance_of(anvil, market.usdc, terms.treasury) == paid
+    assert paid <= max_token_cost(terms, sponsor.model(op, latest_window(anvil), terms))

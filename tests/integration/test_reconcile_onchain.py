@@ -42,7 +42,8 @@ from anode.store.watch import watch_cursors
 from anode.userop.codec import parse_address
 from anode.watch.follower import Follower, WatchedChain
 from tests.contracts.solidity import compiled
-from tests.integration import test_singleton_erc20_onchain as erc20
+from tests.integration import test_singleton_erc20_onchain as erc20_tests
+from tests.support import erc20
 from tests.support.onchain import HandleOpsResult, UserOp, get_user_op_hash
 from tests.support.postgres import fresh_pg_database
 from tests.support.server import running_server
@@ -415,10 +416,10 @@ async def test_an_erc20_inclusion_records_the_token_amount_of_user_operation_spo
         receipt = node.transact(node.accounts()[0], None, compiled()["PointsToken"].creation_code())
     token = to_checksum_address(receipt["contractAddress"])
     sponsor = erc20.Erc20Sponsor(anvil, deployment, VERSION, paymaster_key)
-    op = erc20._new_op(sponsor, erc20._approve_paymaster(token, sponsor.paymaster_address))
-    erc20._mint(anvil, token, op.sender, erc20.TOKENS_MINTED)
-    window = erc20._window(anvil)
-    signed = sponsor.sponsor(op, window, erc20._terms(token))
+    op = erc20.new_op(sponsor, erc20.approve_paymaster(token, sponsor.paymaster_address))
+    erc20.mint(anvil, token, op.sender, erc20_tests.TOKENS_MINTED)
+    window = erc20.latest_window(anvil)
+    signed = sponsor.sponsor(op, window, erc20_tests._terms(token))
     user_op_hash = "0x" + get_user_op_hash(anvil.rpc_url, sponsor.entry_point, VERSION, signed).hex()
     with setup.engine.begin() as connection:
         connection.execute(
@@ -434,7 +435,7 @@ async def test_an_erc20_inclusion_records_the_token_amount_of_user_operation_spo
     outcome = sponsor.submit(signed)
     assert outcome.success, outcome.reason
     assert outcome.tx_hash is not None
-    ((_, _, paid, _),) = erc20._sponsored_events(anvil, outcome.tx_hash, sponsor.paymaster_address)
+    ((_, _, paid, _),) = erc20.sponsored_events(anvil, outcome.tx_hash, sponsor.paymaster_address)
     await follower.step()
     row = row_of(setup.engine, user_op_hash)
     assert (row["status"], row["token_amount_paid"]) == ("included", paid)

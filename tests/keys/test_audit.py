@@ -221,8 +221,9 @@ async def test_each_signature_record_covers_its_rows_money_fields(engine: sa.Eng
     await write(database_url, range(3))
     detail = {row["user_op_hash"]: row["detail"] for row in audit.records(engine)}["0x" + (2).to_bytes(32, "big").hex()]
     assert detail == {
-        "v": 2, "entry_point": "0x" + "00" * 20, "sender": "0x" + "11" * 20, "nonce": "2",
+        "v": 3, "entry_point": "0x" + "00" * 20, "sender": "0x" + "11" * 20, "nonce": "2",
         "max_gas_cost_wei": str(10**18), "valid_until": 2_000_000_002, "valid_after": 0,
+        "mode": "verifying", "token": None, "exchange_rate": None, "max_token_amount": None,
     }  # fmt: skip
     check = cross_check(engine)
     assert check.ok and (check.rows, check.uncovered, check.predating) == (3, 0, 0), check.problems

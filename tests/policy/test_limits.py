@@ -307,6 +307,33 @@ async def test_sqlite_decides_a_shared_transaction_in_arrival_order(tmp_path: Pa
         engine.dispose()
 
 
+async def test_redis_decides_a_shared_script_call_in_arrival_order(redis_client: Redis, redis_prefix: str) -> None:
+    """Concurrent reservations on Redis share a script call: the first goes alone, the ones that
+    arrive while it is in flight go together in the next. Each is decided, all or nothing, against
+    what the ones before it left, as if each had been its own call."""
+    limiter = RedisLimiter(redis_client, prefix=redis_prefix)
+    calls = 0
+    script = limiter._reserve
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await script(**kwargs)
+
+    limiter._reserve = counted  # type: ignore[assignment]
+    amounts = [3, 3, 1, 3, 1, 1]
+    results = await asyncio.gather(
+        *(limiter.reserve([bucket("order", 5, amount), bucket(f"own:{n}", 2, 1)]) for n, amount in enumerate(amounts))
+    )
+    assert results == [None, Exceeded(0, 3), None, Exceeded(0, 4), None, Exceeded(0, 5)]
+    assert calls == 2
+    assert await limiter.usage([bucket("order", 5)]) == [5]
+    own = await limiter.usage([bucket(f"own:{n}", 2) for n in range(len(amounts))])
+    assert own == [1, 0, 1, 0, 1, 0]  # a refused reservation left nothing behind in its other counter
+    assert await limiter.reserve([bucket("own:0", 2, 1), bucket("order", 5, 1)]) == Exceeded(1, 5)
+    assert calls == 3
+
+
 async def test_200_concurrent_reservations_sponsor_exactly_n_on_postgresql(pg_url: str) -> None:
     engines = [create_engine(pg_url), create_engine(pg_url)]
     stores: list[LimiterStore] = [SqlLimiter(engine) for engine in engines]

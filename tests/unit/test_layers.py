@@ -3,8 +3,8 @@
     cli, custody_cli, deposit_cli          the command line
     sandbox, keyserver, kms, devchain      beside the request path
     api, wiring, serving                   HTTP in and out; the composition root; serving it
-    sponsorship(_erc20), custody, watch    the orchestration of the whole path; key rotation; the
-                                           EntryPoint follower
+    sponsorship(_erc20), custody, watch,   the orchestration of the whole path; key rotation; the
+    passkey                                EntryPoint follower; the passkey flow and its KMS client
     pipeline                               checks and policies, in order
     policy, chain, pricing                 limits and policies; node reads; token prices
     config                                 settings: it composes each signer backend's Settings
@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"cli", "custody_cli", "deposit_cli", "policy_cli"},
     {"sandbox", "keyserver", "kms", "devchain"},
     {"api", "wiring", "serving"},
-    {"sponsorship", "sponsorship_erc20", "custody", "watch"},
+    {"sponsorship", "sponsorship_erc20", "custody", "watch", "passkey"},
     {"pipeline"},
     {"policy", "chain", "pricing"},
     {"config"},

@@ -61,7 +61,7 @@ class JsonRpcEndpoint:
         if body is None:  # the client went away
             return
         request_id = scope.get("state", {}).get("request_id")
-        ctx = CallContext(anode.service, api_key_id, *self._sponsor, request_id, _chain_query(scope))
+        ctx = CallContext(anode.service, api_key_id, *self._sponsor, request_id, _chain_query(scope), anode.passkey)
         answer = await dispatch(body, ctx, max_batch=self._max_batch)
         if answer is None:
             await _answer(send, 204, None)

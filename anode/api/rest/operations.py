@@ -19,6 +19,8 @@ from anode.store.api_keys import KeyKind
 from anode.userop.codec import checksum, parse_address
 
 router = APIRouter(prefix="/api/v1", tags=["operations"])
+#: uint256 columns answered as decimal strings (JSON numbers lose digits past 2**53 in JavaScript)
+_DECIMAL_TEXT = ("exchange_rate", "max_token_amount", "actual_gas_cost_wei", "actual_gas_used", "token_amount_paid")
 
 
 @router.get("/operations", responses={code: {"model": ErrorReply} for code in (400, 401, 403)}, summary="The ledger")
@@ -49,8 +51,9 @@ async def list_operations(
     for row in rows:
         row["nonce"] = hex(row["nonce"])
         row["max_gas_cost_wei"] = str(row["max_gas_cost_wei"])
-        # the outcome on chain (the EntryPoint follower, watch.enabled): status signed, included or expired
-        for name in ("actual_gas_cost_wei", "actual_gas_used", "token_amount_paid"):
+        # ERC-20 mode's signed rate and most it may charge (null in verifying mode), and the outcome on
+        # chain (the EntryPoint follower, watch.enabled): status signed, included or expired
+        for name in _DECIMAL_TEXT:
             if row.get(name) is not None:
                 row[name] = str(row[name])
     return {"operations": rows, "count": len(rows)}

@@ -60,10 +60,17 @@ async function register() {
   say(`registered passkey ${done.credentialId} for ${done.accountId}`);
 }
 
-async function approve() {
+// The options aNode's anode_preparePasskeyOperation answered, or the KMS's for the userOpHash typed in.
+async function assertionOptions() {
+  const prepared = $("options").value.trim();
+  if (prepared) return JSON.parse(prepared);
   const accountId = $("account").value.trim();
   const userOpHash = $("userOpHash").value.trim();
-  const { options } = await post("/webauthn/authenticate/options", { accountId, userOpHash });
+  return (await post("/webauthn/authenticate/options", { accountId, userOpHash })).options;
+}
+
+async function approve() {
+  const options = await assertionOptions();
   const publicKey = {
     ...options,
     challenge: fromB64url(options.challenge),
@@ -84,7 +91,7 @@ async function approve() {
     clientExtensionResults: assertion.getClientExtensionResults(),
   };
   $("assertion").value = JSON.stringify(json);
-  say(`approved ${userOpHash}`);
+  say($("options").value.trim() ? "approved the prepared operation" : `approved ${$("userOpHash").value.trim()}`);
 }
 
 function guarded(action) {

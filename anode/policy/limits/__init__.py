@@ -5,7 +5,8 @@
     ├── MemoryLimiter         one process (tests, a single development server)
     ├── SqlLimiter            SQLite (BEGIN IMMEDIATE: writers are serialised) and PostgreSQL
     │                         (one transaction of conditional upserts, rolled back if one is full)
-    └── RedisLimiter          one Lua script over every key: fixed windows, keys expire
+    └── RedisLimiter          one Lua script over every key, concurrent reservations in one call:
+                              fixed windows, keys expire
     build_limiter(kind, …)    the factory the policy engine uses (``limiter:`` in its config)
 
 A *bucket* is one counter in one window: ``reserve`` adds each bucket's ``amount`` when every

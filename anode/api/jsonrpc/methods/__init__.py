@@ -11,6 +11,7 @@ from typing import Any
 
 from anode.api.jsonrpc.context import CallContext
 from anode.api.jsonrpc.methods import (
+    anode_preparePasskeyOperation,
     anode_processUserOperation,
     anode_sponsorUserOperation,
     eth_chainId,
@@ -22,6 +23,7 @@ from anode.api.jsonrpc.methods import (
     pimlico_getTokenQuotes,
     pm_getPaymasterData,
     pm_getPaymasterStubData,
+    pm_sponsor_with_passkey,
     pm_sponsorUserOperation,
     pm_supportedEntryPoints,
     pm_validateSponsorshipPolicies,
@@ -38,6 +40,9 @@ METHODS: dict[str, Handler] = {
     anode_processUserOperation.NAME: anode_processUserOperation.handle,
     pm_validateSponsorshipPolicies.NAME: pm_validateSponsorshipPolicies.handle,
     pimlico_getTokenQuotes.NAME: pimlico_getTokenQuotes.handle,
+    # the passkey flow with the dual-signature KMS (anode/passkey/)
+    anode_preparePasskeyOperation.NAME: anode_preparePasskeyOperation.handle,
+    pm_sponsor_with_passkey.NAME: pm_sponsor_with_passkey.handle,
     # the relay: the chain's bundler methods, passed through (api/jsonrpc/relay.py)
     eth_sendUserOperation.NAME: eth_sendUserOperation.handle,
     eth_estimateUserOperationGas.NAME: eth_estimateUserOperationGas.handle,

@@ -74,30 +74,32 @@
     }
   }
 
-  // spend: one reserved and one actual series per chain, on every hour (or day) of the window
-  function spendSeries(rows, xs, step, bars) {
-    const chains = [...new Set(rows.map((r) => r.chainId))].sort((a, b) => a - b);
+  // spend: one reserved and one actual series per group (a chain, or a policy), on every hour (or
+  // day) of the window
+  function spendSeries(rows, xs, step, bars, group, name) {
+    const groups = [...new Set(rows.map(group))].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     const index = new Map(xs.map((x, i) => [x, i]));
     const series = [];
-    chains.forEach((chain) => {
+    groups.forEach((g) => {
       const reserved = xs.map(() => 0), actual = xs.map(() => 0);
-      rows.filter((r) => r.chainId === chain).forEach((r) => {
+      rows.filter((r) => group(r) === g).forEach((r) => {
         const i = index.get(Math.floor(seconds(r.bucket) / step) * step);
         if (i === undefined) return;
         reserved[i] += eth(r.reservedWei);
         actual[i] += eth(r.actualWei);
       });
-      series.push({ label: "chain " + chain + " reserved", values: reserved, bars: bars });
-      series.push({ label: "chain " + chain + " actual", values: actual, bars: bars });
+      series.push({ label: name(g) + " reserved", values: reserved, bars: bars });
+      series.push({ label: name(g) + " actual", values: actual, bars: bars });
     });
     return series;
   }
+  const byChain = (r) => r.chainId, chainName = (chain) => "chain " + chain;
 
   async function spend() {
     const [hourly, daily] = await Promise.all([api("spend?bucket=hour&hours=48"), api("spend?bucket=day&hours=720")]);
     const hours = steps(48 * HOUR, HOUR), days = steps(30 * DAY, DAY);
-    chart("spend-hour", hours, spendSeries(hourly.rows, hours, HOUR, false));
-    chart("spend-day", days, spendSeries(daily.rows, days, DAY, true));
+    chart("spend-hour", hours, spendSeries(hourly.rows, hours, HOUR, false, byChain, chainName));
+    chart("spend-day", days, spendSeries(daily.rows, days, DAY, true, byChain, chainName));
     const tenants = new Map();
     hourly.rows.forEach((r) => {
       const key = r.apiKeyId || "(open)";
@@ -109,6 +111,16 @@
     table("tenants", ["API key", "operations", "included", "reserved (ETH)", "actual (ETH)"],
       [...tenants.entries()].map(([key, t]) => [key, { text: t.operations, cls: "num" }, { text: t.included, cls: "num" },
         { text: eth(t.reserved.toString()).toFixed(6), cls: "num" }, { text: eth(t.actual.toString()).toFixed(6), cls: "num" }]));
+  }
+
+  // per policy (summed over chains): what its amount limits reserved, and what reconciliation settled
+  async function policySpend() {
+    const [hourly, daily] = await Promise.all([
+      api("policy-spend?bucket=hour&hours=48"), api("policy-spend?bucket=day&hours=720")]);
+    const hours = steps(48 * HOUR, HOUR), days = steps(30 * DAY, DAY);
+    const byPolicy = (r) => r.policyId, policyName = (id) => "policy " + id;
+    chart("policy-spend-hour", hours, spendSeries(hourly.rows, hours, HOUR, false, byPolicy, policyName));
+    chart("policy-spend-day", days, spendSeries(daily.rows, days, DAY, true, byPolicy, policyName));
   }
 
   async function outcomes() {
@@ -159,15 +171,30 @@
   }
 
   async function signers() {
-    const data = await api("signers");
+    const [data, events] = await Promise.all([api("signers"), api("signer-events?hours=48&limit=20")]);
     const status = document.getElementById("signer-status");
     status.textContent = "status: " + data.status + " — signing as " + data.address;
     status.className = data.status === "ok" ? "good" : "bad";
-    table("signers", ["backend", "type", "role", "healthy", "circuit", "failovers", "checked", "last error"],
+    // failovers per hour, one series per (from → to), summed over every server process
+    const xs = steps(48 * HOUR, HOUR), index = new Map(xs.map((x, i) => [x, i]));
+    const moves = new Map(), from = new Map();
+    events.failovers.forEach((f) => {
+      const label = f.backend + " → " + f.toBackend;
+      if (!moves.has(label)) moves.set(label, xs.map(() => 0));
+      const i = index.get(seconds(f.hour));
+      if (i !== undefined) moves.get(label)[i] += f.count;
+      from.set(f.backend, (from.get(f.backend) || 0) + f.count);
+    });
+    chart("signer-failovers", xs, [...moves.entries()].sort().map(([label, values]) => ({ label: label, values: values, bars: true })));
+    table("signers", ["backend", "type", "role", "healthy", "circuit", "failovers (48 h)", "checked", "last error"],
       data.backends.map((b) => [b.name, b.type, b.role,
         { text: b.healthy === null ? "?" : b.healthy ? "yes" : "no", cls: b.healthy === false ? "bad" : "good" },
-        { text: b.circuit, cls: b.circuit === "closed" ? "" : "bad" }, { text: b.failovers, cls: "num" },
+        { text: b.circuit, cls: b.circuit === "closed" ? "" : "bad" }, { text: from.get(b.name) || 0, cls: "num" },
         b.checkedAt ? b.checkedAt.slice(11, 19) : "", b.lastError]));
+    table("signer-events", ["time", "event", "backend", "to", "count", "process", "detail"],
+      events.events.map((e) => [e.at.replace("T", " ").slice(0, 19),
+        { text: e.kind, cls: e.kind === "healthy" || e.kind === "circuit_closed" ? "good" : "bad" },
+        e.backend, e.toBackend, { text: e.count, cls: "num" }, e.process, e.detail]));
   }
 
   async function policies() {
@@ -212,7 +239,7 @@
 
   async function load() {
     const main = document.getElementById("dashboard");
-    const results = await Promise.allSettled([spend(), outcomes(), deposits(), follower(), signers(), policies(), operations()]);
+    const results = await Promise.allSettled([spend(), policySpend(), outcomes(), deposits(), follower(), signers(), policies(), operations()]);
     const failed = results.filter((r) => r.status === "rejected");
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
     main.dataset.state = failed.length ? "error" : "ready";
