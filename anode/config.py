@@ -423,6 +423,11 @@ class ServerSettings(_Section):
     #: allocations between two runs of Python's cyclic garbage collector (0: Python's default, 700);
     #: a request allocates a few hundred objects, nearly all freed without it (docs/performance.md)
     gc_threshold: int = Field(50_000, ge=0, le=10_000_000)
+    #: chain reads (SBT, PNT, the security filter's) kept in the process, least recently used
+    #: dropped first; with Redis, the near copies in front of it. A sender takes two (its SBT and
+    #: PNT reads; the security filter's are per contract): keep it above twice the senders active
+    #: within the checks' ``cache_ttl``
+    cache_max_entries: int = Field(100_000, ge=1_000, le=100_000_000)
 
 
 class WatchSettings(_Section):

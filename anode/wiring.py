@@ -286,7 +286,8 @@ def build(settings: Settings, *, migrate: bool = True, metrics: Metrics | None =
                 socket_connect_timeout=1.0,
             )
             redis = Redis(connection_pool=pool)
-        deps = Dependencies(settings=settings, engine=engine, cache=_cache(redis), redis=redis)
+        cache = _cache(redis, settings.server.cache_max_entries)
+        deps = Dependencies(settings=settings, engine=engine, cache=cache, redis=redis)
         modules, signing = build_modules(settings.pipeline.modules, deps)
         policy = engine_of(modules)
         if follower is not None and policy is not None:  # reconciliation: reservations become actual costs
@@ -357,7 +358,7 @@ def _deposits(settings: Settings, engine: sa.Engine, routes: list[Route], metric
     return DepositMonitor(watched, settings.deposits, settings.alerts, engine, metrics)
 
 
-def _cache(redis: Redis | None) -> TTLCache:
+def _cache(redis: Redis | None, max_entries: int) -> TTLCache:
     from anode.chain.cache import make_cache
 
-    return make_cache(redis)
+    return make_cache(redis, max_entries=max_entries)

@@ -3,6 +3,7 @@
     python bench/scaling.py modules     # CPU µs/call of each module at 1, 16 and 64 calls at a time
     python bench/scaling.py policies    # 1, 10, 100 policies (all but two not applying), and 100 applying
     python bench/scaling.py senders     # 1, 1,000 and 100,000 distinct senders (caches, limit keys)
+    python bench/scaling.py senders --senders 100000 --cache-max-entries 400000   # and with a cache that holds them
     python bench/scaling.py evaluate    # the policies' decision alone: indexed snapshot against a scan of every policy
     PYTHONPATH=/tmp/copy python bench/scaling.py policies   # the same against a modified copy of anode/
 
@@ -232,6 +233,20 @@ def evaluate_only(repeats: int) -> str:
     return "\n".join(lines)
 
 
+def with_cache(edit: Edit, entries: int, ttl: float | None) -> Edit:
+    """``edit``, then ``server.cache_max_entries: entries`` and, with ``ttl``, the SBT and PNT checks' ``cache_ttl``."""
+
+    def bigger(tree: dict[str, Any]) -> None:
+        if edit is not None:
+            edit(tree)
+        tree.setdefault("server", {})["cache_max_entries"] = entries
+        for entry in tree["pipeline"]["modules"]:
+            if ttl is not None and entry["name"] in ("sbt_validator", "pnt_balance_validator"):
+                entry["config"]["cache_ttl"] = ttl
+
+    return bigger
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("part", choices=["modules", "policies", "senders", "evaluate"])
@@ -243,6 +258,10 @@ def main() -> int:
     parser.add_argument(
         "--redis-senders", type=int, default=10**9, help="senders: pipeline-redis only up to this many senders"
     )
+    parser.add_argument(
+        "--cache-max-entries", type=int, help="senders: also each configuration with this server.cache_max_entries"
+    )
+    parser.add_argument("--checks-cache-ttl", type=float, help="with --cache-max-entries: the SBT and PNT cache_ttl")
     args = parser.parse_args()
     if args.part == "evaluate":
         print(evaluate_only(args.repeats))
@@ -283,6 +302,13 @@ def main() -> int:
                 if count <= args.redis_senders:
                     edits[f"pipeline-redis, {count:,} senders"] = pipeline(contracts, "redis", args.redis_url)
                     wallets[f"pipeline-redis, {count:,} senders"] = everyone[:count]
+            if args.cache_max_entries:
+                for name in list(edits):
+                    bigger = f"{name}, cache_max_entries {args.cache_max_entries:,}"
+                    if args.checks_cache_ttl is not None:
+                        bigger += f", cache_ttl {args.checks_cache_ttl:g} s"
+                    ttl = args.checks_cache_ttl
+                    edits[bigger], wallets[bigger] = with_cache(edits[name], args.cache_max_entries, ttl), wallets[name]
         loop = asyncio.new_event_loop()
         apps = {name: start_app(loop, base, Path(tmp) / f"{index}.db", edit) for index, (name, edit) in
                 enumerate(edits.items())}  # fmt: skip

@@ -245,8 +245,11 @@ class RedisTTLCache:
             )
 
 
-def make_cache(redis: Redis | None, *, prefix: str = DEFAULT_PREFIX) -> TTLCache:
-    """The cache the server shares between modules: Redis when configured, else in-process."""
+def make_cache(
+    redis: Redis | None, *, prefix: str = DEFAULT_PREFIX, max_entries: int = DEFAULT_MAX_ENTRIES
+) -> TTLCache:
+    """The cache the server shares between modules: Redis when configured, else in-process;
+    ``max_entries`` bounds what the process keeps (with Redis, its near copies)."""
     if redis is None:
-        return MemoryTTLCache()
-    return RedisTTLCache(redis, prefix=prefix)
+        return MemoryTTLCache(max_entries=max_entries)
+    return RedisTTLCache(redis, prefix=prefix, max_near_entries=max_entries)

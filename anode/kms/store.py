@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from eth_utils.address import to_checksum_address
 from sqlalchemy.dialects import postgresql, sqlite
 
-from anode.errors import AnodeError, StoreUnavailable
+from anode.errors import StoreUnavailable
 from anode.store.database import create_engine, write_lock
 from anode.store.driver import Driver
 
@@ -249,8 +249,12 @@ class _GroupCommit:
     and hands the lead to the first job queued meanwhile. A job that raises is rolled back to its
     savepoint and gets its exception; a database error or a failed ``COMMIT`` fails the group."""
 
-    def __init__(self, begin: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+    def __init__(
+        self, begin: Callable[[], contextlib.AbstractContextManager[Any]], fatal: tuple[type[BaseException], ...]
+    ) -> None:
         self._begin = begin
+        #: the database's errors: the transaction may be broken, so they fail the whole group
+        self._fatal = fatal
         self._lock = threading.Lock()
         self._queue: list[_Job[Any]] = []
         self._writing = False
@@ -278,13 +282,16 @@ class _GroupCommit:
                     cursor.execute("SAVEPOINT kms_job")
                     try:
                         job.result = job.work(cursor)
-                    except (Taken, AnodeError) as exc:
+                    except self._fatal:
+                        raise
+                    except Exception as exc:  # this job's own refusal or fault: the others go on
                         cursor.execute("ROLLBACK TO SAVEPOINT kms_job")
                         job.error = exc
                     cursor.execute("RELEASE SAVEPOINT kms_job")
         except BaseException as exc:
-            for job in group:
-                job.result, job.error = None, exc
+            for job in group:  # each its own exception: they are raised in as many threads
+                job.result = None
+                job.error = StoreUnavailable(exc.message, code=exc.code) if isinstance(exc, StoreUnavailable) else exc
         finally:
             with self._lock:
                 if self._queue:
@@ -314,7 +321,9 @@ class KmsStore:
         self._purged = 0.0
         #: completed accounts (immutable once their key exists), by id
         self._accounts: dict[str, Account] = {}
-        self._group = _GroupCommit(functools.partial(self.cursor, begin=True)) if self.driver.sqlite else None
+        self._group = (
+            _GroupCommit(functools.partial(self.cursor, begin=True), self._dbapi_errors) if self.driver.sqlite else None
+        )
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:

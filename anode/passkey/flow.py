@@ -139,7 +139,7 @@ class PasskeyFlow:
     async def _check_prepared(self, route: Route, op: UserOperation, op_hash: str, request: PasskeyRequest) -> None:
         since = datetime.now(UTC) - timedelta(seconds=MAX_VALIDITY_SECONDS + 3600)
         rows = await self.service.ledger.find(
-            sender=checksum(op.sender), since=since, limit=_ROWS, api_key_id=request.api_key_id
+            sender=checksum(op.sender), nonce=op.nonce, since=since, limit=_ROWS, api_key_id=request.api_key_id
         )
         same = [
             row for row in rows

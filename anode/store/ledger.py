@@ -77,6 +77,7 @@ class Ledger(Protocol):
         until: datetime | None = None,
         limit: int = 100,
         api_key_id: str | None = None,
+        nonce: int | None = None,
     ) -> list[dict[str, Any]]: ...
 
     async def mark_sent(self, chain_id: int, user_op_hash: str) -> int:
@@ -199,10 +200,12 @@ class SqlLedger:
         until: datetime | None = None,
         limit: int = 100,
         api_key_id: str | None = None,
+        nonce: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Rows newest first; ``api_key_id`` keeps only the operations that key sponsored."""
+        """Rows newest first; ``api_key_id`` keeps only the operations that key sponsored, ``nonce``
+        only those with that nonce (with ``sender``: one account's operation)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self.find_now, sender, since, until, limit, api_key_id)
+        return await loop.run_in_executor(None, self.find_now, sender, since, until, limit, api_key_id, nonce)
 
     def find_now(
         self,
@@ -211,6 +214,7 @@ class SqlLedger:
         until: datetime | None = None,
         limit: int = 100,
         api_key_id: str | None = None,
+        nonce: int | None = None,
     ) -> list[dict[str, Any]]:
         since, until = _utc(since), _utc(until)
         query = sa.select(sponsorships).order_by(sponsorships.c.id.desc()).limit(limit)
@@ -218,6 +222,8 @@ class SqlLedger:
             query = query.where(sponsorships.c.api_key_id == api_key_id)
         if sender is not None:
             query = query.where(sponsorships.c.sender == sender)
+        if nonce is not None:
+            query = query.where(sponsorships.c.nonce == nonce)
         if since is not None:
             query = query.where(sponsorships.c.created_at >= since)
         if until is not None:

@@ -252,6 +252,15 @@ async def test_find_filters_by_sender_and_time_newest_first(ledger: SqlLedger) -
     assert datetime.fromisoformat(row["created_at"]) == T0 + timedelta(minutes=30)
 
 
+async def test_find_filters_by_nonce_past_a_busy_senders_newer_rows(ledger: SqlLedger) -> None:
+    """One account's operation by (sender, nonce), however many newer rows the sender has."""
+    alice = "0x" + "a1" * 20
+    for index in range(5):
+        await ledger.record(record(op_hash(index), sender=alice, nonce=index, created_at=T0 + timedelta(minutes=index)))
+    assert [row["user_op_hash"] for row in await ledger.find(sender=alice, nonce=0, limit=2)] == [op_hash(0)]
+    assert await ledger.find(sender=alice, nonce=7) == []
+
+
 async def test_time_filters_honour_utc_offsets(ledger: SqlLedger) -> None:
     """``since=2030-01-01T14:00+02:00`` is noon UTC: a row written at 12:30 UTC is after it."""
     await ledger.record(record(op_hash(1), created_at=T0 + timedelta(minutes=30)))

@@ -1,5 +1,6 @@
 """The KMS store's group commit on SQLite: concurrent transactions share a COMMIT, and a job that
-raises is rolled back alone (its savepoint), the others in its group are committed."""
+raises (a refusal, or a fault of its own) is rolled back alone (its savepoint), the others in its
+group are committed; a database error fails the group."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def test_concurrent_transactions_share_commits_and_a_refused_one_is_rolled_back_
             time.sleep(0.002)  # hold the writer: the others queue behind it
             if i % 3 == 0:
                 raise Taken("nonce")
+            if i % 5 == 1:
+                raise ValueError("a fault of this job alone")
 
         start.wait()
         try:
@@ -44,6 +47,8 @@ def test_concurrent_transactions_share_commits_and_a_refused_one_is_rolled_back_
             outcomes[i] = "ok"
         except Taken:
             outcomes[i] = "taken"
+        except ValueError:
+            outcomes[i] = "fault"
 
     threads = [threading.Thread(target=job, args=(i,)) for i in range(24)]
     for thread in threads:
@@ -53,8 +58,9 @@ def test_concurrent_transactions_share_commits_and_a_refused_one_is_rolled_back_
     with store.engine.connect() as connection:
         kept = {int(n, 16) for n in connection.execute(sa.select(nonces.c.nonce)).scalars()}
     store.close()
-    assert outcomes == {i: "taken" if i % 3 == 0 else "ok" for i in range(24)}
-    assert kept == {i for i in range(24) if i % 3}
+    expected = {i: "taken" if i % 3 == 0 else "fault" if i % 5 == 1 else "ok" for i in range(24)}
+    assert outcomes == expected
+    assert kept == {i for i, outcome in expected.items() if outcome == "ok"}
     assert len(groups) < 24  # some transactions were written together
 
 

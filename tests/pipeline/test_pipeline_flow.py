@@ -8,6 +8,7 @@ real modules have their own suites. No chain is needed: v0.7 paymaster data need
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import subprocess
 import sys
@@ -363,3 +364,26 @@ def test_cli_makes_keys_that_the_server_accepts(tmp_path: Path, dead_node: str) 
         check=True,
     )
     assert "admin" in listed.stdout and plaintext not in listed.stdout
+
+
+async def test_the_checks_cache_keeps_at_most_server_cache_max_entries(tmp_path: Path, dead_node: str) -> None:
+    """``server.cache_max_entries`` bounds the chain-read cache the modules share: one entry past it
+    drops the least recently used one (read again from the chain on its next use)."""
+    config = tree(tmp_path, dead_node, [module("check_a")])
+    config["server"] = {"cache_max_entries": 1_000}
+    anode = build(validate_settings(config))
+    try:
+        assert anode.deps is not None
+        cache, loads = anode.deps.cache, []
+
+        async def load(key: str) -> str:
+            loads.append(key)
+            return key
+
+        for n in range(1_001):
+            await cache.get_or_load(f"k{n}", 60, functools.partial(load, f"k{n}"))
+        await cache.get_or_load("k1000", 60, functools.partial(load, "k1000"))  # kept: the newest
+        await cache.get_or_load("k0", 60, functools.partial(load, "k0"))  # dropped: read again
+        assert loads[1_001:] == ["k0"]
+    finally:
+        await anode.aclose()

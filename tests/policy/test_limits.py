@@ -334,6 +334,57 @@ async def test_redis_decides_a_shared_script_call_in_arrival_order(redis_client:
     assert calls == 3
 
 
+async def test_redis_reserves_nothing_for_a_queued_caller_that_gave_up(redis_client: Redis, redis_prefix: str) -> None:
+    """A queued reservation whose caller gave up (its request cancelled, its timeout) is not sent
+    when it gave up before its batch went out, and is released when it gave up during the call."""
+    limiter = RedisLimiter(redis_client, prefix=redis_prefix)
+    script = limiter._reserve
+    gates = [asyncio.Event(), asyncio.Event()]
+    sent: list[int] = []
+
+    async def gated(**kwargs: Any) -> Any:
+        answer = await script(**kwargs)  # decided in Redis now; answered when the test opens the gate
+        sent.append(int(kwargs["args"][0]))
+        await gates[len(sent) - 1].wait()
+        return answer
+
+    limiter._reserve = gated  # type: ignore[assignment]
+    first = asyncio.create_task(limiter.reserve([bucket("gone", 10, 1)]))
+    await asyncio.sleep(0)
+    before = asyncio.create_task(limiter.reserve([bucket("gone", 10, 2)]))  # gives up before its batch goes
+    during = asyncio.create_task(limiter.reserve([bucket("gone", 10, 4)]))  # gives up while its batch is sent
+    await asyncio.sleep(0.01)
+    before.cancel()
+    gates[0].set()
+    assert await first is None
+    while len(sent) < 2:
+        await asyncio.sleep(0.001)
+    assert sent == [1, 1]  # the second call carried one reservation: the cancelled one was left out
+    during.cancel()
+    gates[1].set()
+    for task in (before, during):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    while limiter._sending:
+        await asyncio.sleep(0.001)
+    assert await limiter.usage([bucket("gone", 10)]) == [1]  # only the first caller's reservation stands
+
+
+async def test_redis_reads_every_counter_of_a_batch_before_writing_any(redis_client: Redis, redis_prefix: str) -> None:
+    """Redis does not undo a script that fails half-way: a key of another type under the prefix,
+    met by a later reservation of a batch, must not fail the batch after an earlier one wrote."""
+    limiter = RedisLimiter(redis_client, prefix=redis_prefix)
+    foreign = bucket("foreign", 5, 1)
+    await redis_client.hset(limiter._key(foreign), "not", "a counter")  # type: ignore[misc]
+    results = await asyncio.gather(
+        limiter.reserve([bucket("alone", 5, 1)]),  # goes at once; the two others queue behind it
+        limiter.reserve([bucket("kept", 5, 1)]),
+        limiter.reserve([foreign]),
+    )
+    assert results == [None, None, None]
+    assert await limiter.usage([bucket("alone", 5), bucket("kept", 5), foreign]) == [1, 1, 1]
+
+
 async def test_200_concurrent_reservations_sponsor_exactly_n_on_postgresql(pg_url: str) -> None:
     engines = [create_engine(pg_url), create_engine(pg_url)]
     stores: list[LimiterStore] = [SqlLimiter(engine) for engine in engines]

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from anode.policy.limits.base import Adjustment, Bucket, Complaints, Exceeded, check_unique
+from anode.policy.errors import LimitStoreUnavailable
+from anode.policy.limits.base import Adjustment, Bucket, Complaints, Exceeded, check_unique, log
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -60,17 +61,27 @@ end
 # were its own script). KEYS: every reservation's buckets in turn; ARGV: the number of
 # reservations, then for each its number of buckets followed by amount, limit, expire-at (ms,
 # 0 = never) for each bucket. Answers one string per reservation: '' reserved, else
-# '<index of the first counter that would pass its limit>:<its usage>'.
+# '<index of the first counter that would pass its limit>:<its usage>'. Every counter is read
+# (MGET, which never fails on a key's type) before anything is written: Redis does not undo a
+# script that fails half-way, so a failure can only come before the first write.
 _LUA_RESERVE = (
     _LUA_DECIMALS
     + """
+local current = {}
+for first = 1, #KEYS, 1000 do
+  local last = math.min(first + 999, #KEYS)
+  local values = redis.call('MGET', unpack(KEYS, first, last))
+  for i = first, last do
+    if current[KEYS[i]] == nil then current[KEYS[i]] = values[i - first + 1] or '0' end
+  end
+end
 local answers = {}
 local key, arg = 0, 2
 for r = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[arg])
   local used, refused = {}, nil
   for i = 1, n do
-    local u = redis.call('GET', KEYS[key + i]) or '0'
+    local u = current[KEYS[key + i]]
     if cmp(add(u, ARGV[arg + 3 * i - 2]), ARGV[arg + 3 * i - 1]) > 0 then refused = i .. ':' .. u; break end
     used[i] = u
   end
@@ -80,6 +91,7 @@ for r = 1, tonumber(ARGV[1]) do
     for i = 1, n do
       local total = add(used[i], ARGV[arg + 3 * i - 2])
       local at = tonumber(ARGV[arg + 3 * i])
+      current[KEYS[key + i]] = total
       if at > 0 then
         redis.call('SET', KEYS[key + i], total, 'PXAT', at)
       else
@@ -230,7 +242,12 @@ class RedisLimiter:
     async def _send_queued(self) -> None:
         try:
             while self._queued:
-                batch, self._queued = self._queued, []
+                # a caller that gave up meanwhile (its timeout, a cancelled request) has its future
+                # cancelled: its reservation is not sent
+                batch = [queued for queued in self._queued if not queued[2].done()]
+                self._queued = []
+                if not batch:
+                    continue
                 keys: list[str] = []
                 args: list[str] = [str(len(batch))]
                 for batch_keys, batch_args, _ in batch:
@@ -243,11 +260,21 @@ class RedisLimiter:
                         if not done.done():
                             done.set_exception(exc)
                     continue
-                for (_, _, done), answer in zip(batch, answers, strict=True):
-                    if not done.done():  # a caller that gave up has its future cancelled
+                for (batch_keys, batch_args, done), answer in zip(batch, answers, strict=True):
+                    if not done.done():
                         done.set_result(_text(answer))
+                    elif not _text(answer):  # reserved for a caller that gave up during the call: undo it
+                        await self._give_back(batch_keys, batch_args[0::3])
         finally:
             self._sending = False
+
+    async def _give_back(self, keys: list[str], amounts: list[str]) -> None:
+        try:
+            await self._call(lambda: self._release(keys=keys, args=amounts))
+        except LimitStoreUnavailable as exc:
+            log.error(
+                "a reservation whose caller gave up could not be released (%s): usage stays over-counted", exc.code
+            )
 
     async def release(self, buckets: Sequence[Bucket]) -> None:
         if buckets:
