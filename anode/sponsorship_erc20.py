@@ -20,6 +20,7 @@ maximum charge and the paymaster may take it (docs/erc20.md, "Not losing the spo
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -59,6 +60,31 @@ class Quotes(Protocol):
     async def quote(self, chain_id: int, paymaster: bytes, token: bytes) -> TokenQuote: ...
 
 
+@functools.lru_cache(maxsize=4096)
+def _terms(token: bytes, post_op_gas: int, exchange_rate: int, validation_gas: int, treasury: str) -> Erc20Terms:
+    """The terms of a quote, built (and validated) once per rate, not per request."""
+    return Erc20Terms(
+        token=token,
+        post_op_gas=post_op_gas,
+        exchange_rate=exchange_rate,
+        paymaster_validation_gas_limit=validation_gas,
+        treasury=parse_address(treasury),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _signing_limit(terms: Erc20Terms, limit: int) -> Erc20Terms:
+    """``terms`` signing ``limit`` as paymasterValidationGasLimit. Terms are immutable and the same
+    object while a quote stands, so each (terms, limit) is built (and validated) once, not on
+    each of the request's four or five uses."""
+    return replace(terms, paymaster_validation_gas_limit=limit)
+
+
+@functools.lru_cache(maxsize=4096)
+def _with_fee_floor(terms: Erc20Terms) -> Erc20Terms:
+    return replace(terms, constant_fee=max(terms.constant_fee or 0, 1))
+
+
 @dataclass(frozen=True, slots=True)
 class TokenPayment:
     """One operation's ERC-20 terms: what will be signed, and against which quote."""
@@ -84,17 +110,19 @@ class TokenPayment:
         signature, and a charge of at least one base unit: :meth:`stub_terms_of`): the operation
         the pipeline judges and the stub answers. :meth:`with_data` puts the final data in its place."""
         family = self.mode.paymaster
+        if isinstance(op, UserOperationV06):  # v0.6 signs no paymaster gas limit: the terms are the quote's
+            return family.attach(op, self.mode.encode(window, self.stub_terms_of(op), dummy_signature()))
         attached = family.attach(op, b"")
-        if not isinstance(attached, UserOperationV06):
-            limit = max(attached.paymaster_post_op_gas_limit or 0, self.post_op_gas_limit)
-            attached = attached.model_copy(update={"paymaster_post_op_gas_limit": limit})
-        return self._attach_data(attached, self.mode.encode(window, self.stub_terms_of(attached), dummy_signature()))
+        assert not isinstance(attached, UserOperationV06)
+        limit = max(attached.paymaster_post_op_gas_limit or 0, self.post_op_gas_limit)
+        data = self.mode.encode(window, self.stub_terms_of(attached), dummy_signature())
+        return attached.model_copy(update={"paymaster_post_op_gas_limit": limit, "paymaster_data": data})
 
     def terms_of(self, op: UserOperation) -> Erc20Terms:
         """The terms signed for ``op`` (shaped): v0.7+ sign its own paymaster validation gas limit."""
         if isinstance(op, UserOperationV06) or op.paymaster_verification_gas_limit is None:
             return self.terms
-        return replace(self.terms, paymaster_validation_gas_limit=op.paymaster_verification_gas_limit)
+        return _signing_limit(self.terms, op.paymaster_verification_gas_limit)
 
     def stub_terms_of(self, op: UserOperation) -> Erc20Terms:
         """The terms the stub carries: the signed ones with a ``constantFee`` of at least 1.
@@ -107,8 +135,7 @@ class TokenPayment:
         operation makes. The stub is 16 bytes longer than the final data: the bundler's
         preVerificationGas covers a little more calldata than is sent, never less.
         """
-        terms = self.terms_of(op)
-        return replace(terms, constant_fee=max(terms.constant_fee or 0, 1))
+        return _with_fee_floor(self.terms_of(op))
 
     def with_data(self, op: UserOperation, window: ValidityWindow, signature: bytes) -> UserOperation:
         """``op`` (already shaped) carrying ``encode(window, terms, signature)``: the final data."""
@@ -221,12 +248,8 @@ class TokenMode:
     ) -> TokenPayment:
         family = route.paymaster
         assert isinstance(family, SingletonPaymaster)
-        terms = Erc20Terms(
-            token=quote.token,
-            post_op_gas=settings.post_op_gas,
-            exchange_rate=quote.exchange_rate,
-            paymaster_validation_gas_limit=family.gas.verification_gas_limit,
-            treasury=parse_address(settings.treasury),
+        terms = _terms(
+            quote.token, settings.post_op_gas, quote.exchange_rate, family.gas.verification_gas_limit, settings.treasury
         )
         return TokenPayment(
             route, SingletonErc20(family), terms, quote, settings.post_op_gas_limit, max_token_amount,
